@@ -1,0 +1,1 @@
+"""One module per outside system: each hides its system behind a small interface of the core."""

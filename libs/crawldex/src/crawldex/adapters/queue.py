@@ -1,0 +1,150 @@
+"""The job queue: RQ on Redis, with RQ's standard keys so `rq info` and rq-dashboard see everything.
+
+Jobs carry JSON (never pickles): the API and the workers are separate images that may run different
+versions for the length of a rollout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import redis
+from rq import Queue, Retry
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from crawldex.config import QUEUE_INDEXING, Settings
+from crawldex.errors import DependencyUnavailableError
+from crawldex.models import PageDocument
+from crawldex.urls import canonicalize_url
+
+INDEX_JOB = "crawldex.jobs.index_page"
+_ACTIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+
+
+@dataclass(frozen=True)
+class EnqueuedJob:
+    job_id: str
+    url: str
+    deduplicated: bool  # an identical job was already waiting or running
+
+
+@dataclass(frozen=True)
+class JobView:
+    job_id: str
+    queue: str
+    status: str
+    enqueued_at: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    result: Any
+    error: str | None
+    retries_left: int | None
+    meta: dict[str, Any]
+
+
+def index_job_id(page: PageDocument) -> str:
+    """Same page, same content, same crawl → same job id: a replay while it is pending adds no job."""
+    digest = hashlib.sha256()
+    for part in (
+        canonicalize_url(page.url),
+        page.url,
+        page.title or "",
+        page.description or "",
+        page.language or "",
+        page.crawl_id or "",
+        page.markdown,
+    ):
+        digest.update(part.encode("utf-8"))
+        digest.update(b"\x00")
+    return f"index-{digest.hexdigest()[:40]}"
+
+
+def connect_redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30)
+
+
+class JobQueue:
+    def __init__(self, connection: redis.Redis, settings: Settings) -> None:
+        self.connection = connection
+        self._settings = settings
+        self.indexing = Queue(QUEUE_INDEXING, connection=connection, serializer=JSONSerializer)
+
+    def _retry(self) -> Retry | None:
+        retries = self._settings.index_job_retries
+        if retries <= 0:
+            return None
+        return Retry(max=retries, interval=list(self._settings.index_job_retry_intervals))
+
+    def enqueue_index(self, page: PageDocument, *, meta: dict[str, Any] | None = None) -> EnqueuedJob:
+        job_id = index_job_id(page)
+        try:
+            for _ in range(2):
+                try:
+                    self.indexing.enqueue(
+                        INDEX_JOB,
+                        page.model_dump(mode="json"),
+                        job_id=job_id,
+                        unique=True,
+                        job_timeout=self._settings.index_job_timeout_seconds,
+                        result_ttl=self._settings.job_result_ttl_seconds,
+                        failure_ttl=self._settings.job_failure_ttl_seconds,
+                        retry=self._retry(),
+                        meta=meta or {},
+                        description=f"index {page.url}",
+                    )
+                    return EnqueuedJob(job_id=job_id, url=page.url, deduplicated=False)
+                except DuplicateJobError:
+                    existing = self._fetch(job_id)
+                    if existing is not None and existing.get_status(refresh=False) in _ACTIVE | {
+                        JobStatus.FINISHED
+                    }:
+                        return EnqueuedJob(job_id=job_id, url=page.url, deduplicated=True)
+                    # A failed, stopped or cancelled run of the same content: a new delivery retries it.
+                    if existing is not None:
+                        existing.delete(remove_from_queue=True)
+            return EnqueuedJob(job_id=job_id, url=page.url, deduplicated=True)
+        except redis.RedisError as exc:
+            raise DependencyUnavailableError("redis", f"{type(exc).__name__}: {exc}") from exc
+
+    def _fetch(self, job_id: str) -> Job | None:
+        try:
+            return Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
+        except NoSuchJobError:
+            return None
+
+    def get_job(self, job_id: str) -> JobView | None:
+        try:
+            job = self._fetch(job_id)
+            if job is None:
+                return None
+            status = job.get_status(refresh=False)
+            result = job.latest_result()
+        except redis.RedisError as exc:
+            raise DependencyUnavailableError("redis", f"{type(exc).__name__}: {exc}") from exc
+        error = None
+        if result is not None and result.exc_string:
+            lines = [line for line in result.exc_string.strip().splitlines() if line.strip()]
+            error = lines[-1] if lines else result.exc_string
+        return JobView(
+            job_id=job.id,
+            queue=job.origin,
+            status=str(status.value if status else "unknown"),
+            enqueued_at=job.enqueued_at,
+            started_at=job.started_at,
+            ended_at=job.ended_at,
+            result=result.return_value if result is not None else None,
+            error=error,
+            retries_left=job.retries_left,
+            meta=dict(job.meta or {}),
+        )
+
+    def health(self) -> None:
+        try:
+            self.connection.ping()
+        except redis.RedisError as exc:
+            raise DependencyUnavailableError("redis", f"{type(exc).__name__}: {exc}") from exc

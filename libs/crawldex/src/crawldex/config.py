@@ -1,0 +1,126 @@
+"""The one configuration object of crawldex, read from ``CRAWLDEX_*`` environment variables.
+
+Every knob is documented in docs/configuration.md; keep the two in step.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+QUEUE_INDEXING = "indexing"
+QUEUE_RESCRAPE = "rescrape"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CRAWLDEX_", env_file=None, extra="ignore")
+
+    # Secrets. Unset secrets switch their check off only where that is safe; see `require_secrets`.
+    api_token: SecretStr | None = Field(default=None, description="Bearer token for /api/* (not webhooks).")
+    firecrawl_webhook_secret: SecretStr | None = Field(
+        default=None, description="HMAC-SHA256 secret shared with Firecrawl (X-Firecrawl-Signature)."
+    )
+
+    # Outside systems.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy async URL (postgresql+asyncpg://...). Unset: SQLite file in data_dir (embedded).",
+    )
+    qdrant_url: str | None = Field(default=None, description="Qdrant server URL. Unset: embedded store.")
+    qdrant_api_key: SecretStr | None = None
+    qdrant_collection: str = "crawldex"
+    tei_url: str | None = Field(default=None, description="TEI base URL. Unset: in-process model.")
+    tei_timeout_seconds: float = Field(default=30.0, gt=0)
+    tei_max_retries: int = Field(default=5, ge=0)
+    tei_query_prompt_name: str | None = None
+    tei_document_prompt_name: str | None = None
+    data_dir: Path = Path("./data")
+
+    # In-process model and chunking.
+    model_name: str = Field(
+        default="all-MiniLM-L6-v2", description="In-process model; only the bundled all-MiniLM-L6-v2 ships."
+    )
+    model_device: str = "cpu"
+    model_batch_size: int = Field(default=32, ge=1)
+    tokenizer_path: Path | None = Field(
+        default=None, description="tokenizer.json used to count chunk tokens; default: the bundled model's."
+    )
+    chunk_tokens: int = Field(default=250, ge=16)
+    chunk_overlap_tokens: int = Field(default=40, ge=0)
+
+    # Keyword (BM25) scoring, computed client side; Qdrant supplies the IDF.
+    bm25_k1: float = Field(default=1.2, gt=0)
+    bm25_b: float = Field(default=0.75, ge=0, le=1)
+    bm25_avg_doc_tokens: float = Field(default=120.0, gt=0)
+
+    # Search.
+    search_rrf_k: int = Field(default=60, ge=1)
+    search_fusion: Literal["rrf", "weighted"] = "rrf"
+    search_vector_weight: float = Field(default=0.6, ge=0, le=1)
+    search_keyword_weight: float = Field(default=0.4, ge=0, le=1)
+    search_candidates: int = Field(
+        default=100, ge=1, le=1000, description="Per-mode candidates before fusion."
+    )
+    search_max_offset: int = Field(default=1000, ge=0)
+
+    # API.
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: str = "INFO"
+    migrate_on_start: bool = True
+
+    # Jobs.
+    index_job_timeout_seconds: int = Field(default=600, ge=1)
+    job_result_ttl_seconds: int = Field(default=86400, ge=0)
+    job_failure_ttl_seconds: int = Field(default=7 * 86400, ge=0)
+    index_job_retries: int = Field(default=3, ge=0)
+    index_job_retry_intervals: list[int] = Field(default_factory=lambda: [10, 30, 60])
+
+    # Embedded mode (`make dev`): consumers of the queues run inside the ingest-api process.
+    embedded_workers: bool = Field(
+        default=False, description="Run in-process queue consumers (embedded mode; one process only)."
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if value.startswith(("postgres://", "postgresql://")):
+            return "postgresql+asyncpg://" + value.split("://", 1)[1]
+        return value
+
+    @field_validator("qdrant_url", "tei_url")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else None
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> Settings:
+        if self.chunk_overlap_tokens >= self.chunk_tokens:
+            raise ValueError(
+                f"CRAWLDEX_CHUNK_OVERLAP_TOKENS ({self.chunk_overlap_tokens}) must be smaller than "
+                f"CRAWLDEX_CHUNK_TOKENS ({self.chunk_tokens})"
+            )
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'crawldex.db').resolve()}"
+
+    @property
+    def qdrant_path(self) -> Path:
+        return self.data_dir / "qdrant"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""PostgreSQL (production) or SQLite (embedded mode) state: tables, engine, migrations, repositories."""

@@ -1,0 +1,206 @@
+"""The indexing pipeline: clean → chunk → (skip if unchanged) → embed → upsert → delete stale → record."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import datetime
+from typing import Any, Protocol
+
+from crawldex.adapters.embedder import Embedder
+from crawldex.adapters.qdrant import IndexedPoint, VectorStore
+from crawldex.chunking import Chunker
+from crawldex.cleaning import clean_markdown, content_hash
+from crawldex.db.repository import DocumentRecord, DocumentRepository
+from crawldex.db.tables import DocumentStatus
+from crawldex.keyword import BM25Encoder
+from crawldex.models import IndexOutcome, IndexStatus, PageDocument, utc_now
+from crawldex.urls import canonicalize_url, document_id, domain_of, point_id
+
+STAGES = ("clean", "chunk", "embed", "keyword", "upsert", "record")
+
+
+class DocumentLock(Protocol):
+    """Serialises writers of one document across processes (two jobs for one URL must not interleave)."""
+
+    def hold(self, key: str) -> AbstractAsyncContextManager[None]: ...
+
+
+class LocalDocumentLock:
+    """A per-process lock; enough when one process writes (tests, tools); workers use the Redis one."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            yield
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    @asynccontextmanager
+    async def stage(self, name: str) -> AsyncIterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round((time.perf_counter() - started) * 1000, 3)
+
+    def total(self) -> dict[str, float]:
+        return {**self.timings, "total": round((time.perf_counter() - self._start) * 1000, 3)}
+
+
+def url_prefixes(canonical_url: str) -> list[str]:
+    """Every path-segment prefix of a URL, with and without its trailing slash (for url_prefix filters)."""
+    scheme_host, _, rest = canonical_url.partition("://")
+    host, _, path = rest.partition("/")
+    path = path.split("?", 1)[0]
+    base = f"{scheme_host}://{host}/"
+    prefixes = [base]
+    current = base
+    for segment in [s for s in path.split("/") if s]:
+        current = f"{current}{segment}"
+        prefixes.append(current)
+        current = f"{current}/"
+        prefixes.append(current)
+    full = canonical_url
+    if full not in prefixes:
+        prefixes.append(full)
+    return prefixes
+
+
+class IndexingPipeline:
+    def __init__(
+        self,
+        *,
+        chunker: Chunker,
+        embedder: Embedder,
+        store: VectorStore,
+        documents: DocumentRepository,
+        bm25: BM25Encoder,
+        lock: DocumentLock,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._chunker = chunker
+        self._embedder = embedder
+        self._store = store
+        self._documents = documents
+        self._bm25 = bm25
+        self._lock = lock
+        self._clock = clock
+
+    async def index(self, page: PageDocument, *, force: bool = False) -> IndexOutcome:
+        """Index ``page``; ``force`` re-embeds even unchanged content (diagnostics)."""
+        timer = _Timer()
+        canonical = canonicalize_url(page.url)
+        doc_id = document_id(canonical)
+        async with timer.stage("clean"):
+            cleaned = clean_markdown(page.markdown)
+            digest = content_hash(
+                cleaned, url=page.url, title=page.title, description=page.description, language=page.language
+            )
+
+        def outcome(status: IndexStatus, chunk_count: int) -> IndexOutcome:
+            return IndexOutcome(
+                url=page.url,
+                canonical_url=canonical,
+                doc_id=str(doc_id),
+                status=status,
+                chunk_count=chunk_count,
+                content_hash=digest,
+                timings_ms=timer.total(),
+            )
+
+        async with self._lock.hold(str(doc_id)):
+            existing = await self._documents.get(doc_id)
+            if existing is not None and existing.status != DocumentStatus.GONE and not force:
+                if existing.source_received_at > page.received_at:
+                    return outcome(IndexStatus.SUPERSEDED, existing.chunk_count)
+                if existing.content_hash == digest:
+                    await self._touch(existing, page)
+                    return outcome(IndexStatus.UNCHANGED, existing.chunk_count)
+
+            async with timer.stage("chunk"):
+                chunks = await asyncio.to_thread(self._chunker.chunk, cleaned)
+            texts = [chunk.text for chunk in chunks]
+            async with timer.stage("embed"):
+                vectors = await self._embedder.embed_documents(texts)
+            async with timer.stage("keyword"):
+                sparse = [self._bm25.encode_document(text) for text in texts]
+            now = self._clock()
+            common = self._payload(page, canonical, str(doc_id), digest, len(chunks), now)
+            points = [
+                IndexedPoint(
+                    id=point_id(doc_id, chunk.index),
+                    dense=vector,
+                    keyword=keyword,
+                    payload={**common, "chunk_index": chunk.index, "text": chunk.text},
+                )
+                for chunk, vector, keyword in zip(chunks, vectors, sparse, strict=True)
+            ]
+            async with timer.stage("upsert"):
+                # Upsert first, then drop the tail: a reader never sees the document vanish.
+                await self._store.upsert(points)
+                await self._store.delete_chunks_from(doc_id, len(points))
+            status = DocumentStatus.INDEXED if points else DocumentStatus.EMPTY
+            async with timer.stage("record"):
+                await self._documents.save(
+                    DocumentRecord(
+                        doc_id=doc_id,
+                        canonical_url=canonical,
+                        url=page.url,
+                        title=page.title,
+                        content_hash=digest,
+                        chunk_count=len(points),
+                        status=status,
+                        crawl_id=page.crawl_id,
+                        indexed_at=now,
+                        source_received_at=page.received_at,
+                    )
+                )
+        return outcome(IndexStatus.INDEXED if points else IndexStatus.EMPTY, len(points))
+
+    async def _touch(self, existing: DocumentRecord, page: PageDocument) -> None:
+        """Same content again: keep the vectors, move the crawl id and receipt time forward."""
+        if page.crawl_id and page.crawl_id != existing.crawl_id and existing.chunk_count:
+            await self._store.set_document_payload(existing.doc_id, {"crawl_id": page.crawl_id})
+        await self._documents.save(
+            DocumentRecord(
+                **{
+                    **existing.__dict__,
+                    "crawl_id": page.crawl_id or existing.crawl_id,
+                    "source_received_at": page.received_at,
+                }
+            )
+        )
+
+    @staticmethod
+    def _payload(
+        page: PageDocument, canonical: str, doc_id: str, digest: str, chunk_count: int, now: datetime
+    ) -> dict[str, Any]:
+        language = page.language.strip().lower().replace("_", "-") if page.language else None
+        return {
+            "url": page.url,
+            "canonical_url": canonical,
+            "doc_id": doc_id,
+            "domain": domain_of(canonical),
+            "url_prefixes": url_prefixes(canonical),
+            "title": page.title,
+            "description": page.description,
+            "language": language,
+            "language_primary": language.split("-", 1)[0] if language else None,
+            "crawl_id": page.crawl_id,
+            "source": page.source,
+            "content_hash": digest,
+            "chunk_count": chunk_count,
+            "indexed_at": now.isoformat(),
+            "indexed_at_ts": now.timestamp(),
+        }

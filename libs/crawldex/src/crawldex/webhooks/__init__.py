@@ -1,0 +1,1 @@
+"""Parsing and authentication of the webhooks crawldex receives (pure: no I/O)."""

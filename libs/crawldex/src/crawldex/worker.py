@@ -1,0 +1,151 @@
+"""RQ workers for crawldex queues: the worker process of a deployment, and the embedded-mode consumer.
+
+Both run jobs in the worker's own process (RQ's `SimpleWorker`), so the services built at start-up,
+the model above all, serve every job; a forking worker would lose anything a job builds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from rq import Queue, SimpleWorker
+from rq.exceptions import StopRequested
+from rq.scheduler import RQScheduler
+from rq.serializers import JSONSerializer
+from rq.timeouts import TimerDeathPenalty
+from rq.worker import WorkerStatus
+
+from crawldex.adapters.queue import connect_redis
+from crawldex.config import Settings
+from crawldex.jobs import WorkerRuntime, install_runtime
+from crawldex.services import Services
+
+log = logging.getLogger(__name__)
+
+
+def worker_name(kind: str, suffix: str = "") -> str:
+    """Unique per process (and per thread in the embedded mode): host, pid, kind."""
+    return f"{socket.gethostname()}.{os.getpid()}.{kind}{suffix}"
+
+
+class CrawldexWorker(SimpleWorker):
+    """Runs jobs in its own process; our jobs are JSON, never pickles."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("serializer", JSONSerializer)
+        super().__init__(*args, **kwargs)
+
+
+class EmbeddedWorker(CrawldexWorker):
+    """A worker that lives in a thread of the ingest-api process (embedded mode only).
+
+    Off the main thread Python forbids signal handlers, so this worker installs none (stopping is
+    `stop()`), enforces job timeouts with a timer instead of SIGALRM, and moves due retries from the
+    scheduled registry itself instead of forking RQ's scheduler process.
+    """
+
+    death_penalty_class = TimerDeathPenalty
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stop_event = threading.Event()
+        self._scheduler: RQScheduler | None = None
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return 1  # wake up every second to notice `stop()`
+
+    def _install_signal_handlers(self) -> None:
+        return None
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def heartbeat(self, *args: Any, **kwargs: Any) -> Any:
+        if self._stop_event.is_set() and self.get_state() != WorkerStatus.BUSY:
+            raise StopRequested
+        self._enqueue_due_retries()
+        return super().heartbeat(*args, **kwargs)
+
+    def _enqueue_due_retries(self) -> None:
+        if self._scheduler is None:
+            self._scheduler = RQScheduler(self.queues, connection=self.connection, serializer=self.serializer)
+        if not self._scheduler.acquired_locks:
+            self._scheduler.acquire_locks()  # type: ignore[no-untyped-call]
+        if self._scheduler.acquired_locks:
+            self._scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
+
+
+def run_worker(settings: Settings, queue_names: Sequence[str], *, kind: str, burst: bool = False) -> None:
+    """Run a worker in this (main) thread until SIGTERM/SIGINT: the first finishes the current job."""
+    runner = asyncio.Runner()
+    services = runner.run(Services.start(settings, migrate=settings.migrate_on_start))
+    runtime = WorkerRuntime(runner, services)
+    install_runtime(runtime)
+    connection = connect_redis(settings.redis_url)
+    queues = [Queue(name, connection=connection, serializer=JSONSerializer) for name in queue_names]
+    worker = CrawldexWorker(queues, connection=connection, name=worker_name(kind))
+    try:
+        worker.work(burst=burst, with_scheduler=not burst, logging_level=settings.log_level)
+    finally:
+        install_runtime(None)
+        runtime.close()
+
+
+class EmbeddedConsumer:
+    """Consumes queues in a background thread of the API process, sharing its model and store."""
+
+    def __init__(self, settings: Settings, queue_names: Sequence[str], shared: Services) -> None:
+        self._settings = settings
+        self._queue_names = list(queue_names)
+        self._shared = shared
+        self._worker: EmbeddedWorker | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"consumer-{'+'.join(queue_names)}", daemon=True
+        )
+
+    def start(self, timeout: float = 120.0) -> None:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError(f"embedded consumer did not start within {timeout}s")
+        if self._error is not None:
+            raise RuntimeError(f"embedded consumer failed to start: {self._error}") from self._error
+
+    def _run(self) -> None:
+        runner = asyncio.Runner()
+        try:
+            services = runner.run(Services.start(self._settings, share_from=self._shared, migrate=False))
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            runner.close()
+            return
+        runtime = WorkerRuntime(runner, services)
+        install_runtime(runtime)
+        connection = connect_redis(self._settings.redis_url)
+        queues = [Queue(n, connection=connection, serializer=JSONSerializer) for n in self._queue_names]
+        self._worker = EmbeddedWorker(
+            queues, connection=connection, name=worker_name("embedded", f".{threading.get_ident()}")
+        )
+        self._ready.set()
+        try:
+            self._worker.work(logging_level=self._settings.log_level)
+        except Exception:
+            log.exception("embedded consumer stopped on an error")
+        finally:
+            install_runtime(None)
+            runtime.close()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Finish the running job, then stop (a warm shutdown)."""
+        if self._worker is not None:
+            self._worker.stop()
+        self._thread.join(timeout)

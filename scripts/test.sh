@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# `make test`: needs Redis and PostgreSQL (the machine's: 127.0.0.1:6379, 127.0.0.1:5432 trust auth).
+# CRAWLDEX_TEST_REDIS_URL and CRAWLDEX_TEST_DATABASE_URL point the tests elsewhere.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CRAWLDEX_TEST_REDIS_URL="${CRAWLDEX_TEST_REDIS_URL:-$(CRAWLDEX_REDIS_URL=redis://127.0.0.1:6379/0 scripts/ensure-redis.sh)}"
+export CRAWLDEX_TEST_REDIS_URL
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+exec .venv/bin/pytest "$@"

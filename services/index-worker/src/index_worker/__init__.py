@@ -1,0 +1,1 @@
+"""crawldex index-worker: the RQ worker of the `indexing` queue."""

@@ -1,0 +1,63 @@
+"""The ingest-api application: a thin HTTP layer over the core's services."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from crawldex.config import QUEUE_INDEXING, Settings
+from crawldex.errors import ConfigurationError
+from crawldex.services import Services
+from crawldex.worker import EmbeddedConsumer
+from ingest_api.errors import install_error_handlers
+from ingest_api.middleware import BodySizeLimit
+from ingest_api.routers import health, indexing, jobs, search, webhooks
+
+log = logging.getLogger(__name__)
+
+
+def check_settings(settings: Settings) -> None:
+    if settings.api_token is None or not settings.api_token.get_secret_value():
+        raise ConfigurationError("CRAWLDEX_API_TOKEN is required: it guards every /api/* route but webhooks")
+    if settings.firecrawl_webhook_secret is None:
+        log.warning("CRAWLDEX_FIRECRAWL_WEBHOOK_SECRET is unset: Firecrawl webhooks will be refused (503)")
+    if settings.embedded_workers and settings.qdrant_url:
+        log.warning(
+            "embedded workers with a Qdrant server: fine, but separate index-worker processes scale better"
+        )
+
+
+def create_app(settings: Settings) -> FastAPI:
+    check_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await Services.start(settings)
+        consumer: EmbeddedConsumer | None = None
+        if settings.embedded_workers:
+            consumer = EmbeddedConsumer(settings, [QUEUE_INDEXING], services)
+            consumer.start()
+            log.info("embedded mode: consuming queue %r in this process", QUEUE_INDEXING)
+        app.state.services = services
+        try:
+            yield
+        finally:
+            if consumer is not None:
+                consumer.stop()
+            await services.aclose()
+
+    app = FastAPI(
+        title="crawldex ingest-api",
+        version="0.1.0",
+        description="Webhooks from Firecrawl, the index API, hybrid search and job status.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    for router in (webhooks.router, indexing.router, jobs.router, search.router, health.router):
+        app.include_router(router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app
