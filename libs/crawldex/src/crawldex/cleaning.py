@@ -23,7 +23,7 @@ def clean_markdown(markdown: str) -> str:
     text = unicodedata.normalize("NFC", markdown)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL.sub("", text)
-    text = _DATA_URI_IMAGE.sub(lambda m: f"![{m.group(1)}]()" if m.group(1) else "", text)
+    text = _DATA_URI_IMAGE.sub(lambda m: m.group(1), text)  # inline image bytes: keep the alt text
     text = _EMPTY_LINK.sub("", text)
     text = _TRAILING_SPACE.sub("\n", text)
     text = _BLANK_RUNS.sub("\n\n", text)

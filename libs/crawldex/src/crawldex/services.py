@@ -32,6 +32,17 @@ from crawldex.search import Fusion, SearchDefaults, SearchService
 log = logging.getLogger(__name__)
 
 
+async def _make_embedder(settings: Settings) -> Embedder:
+    if settings.tei_url:
+        return await TEIEmbedder.connect(settings)
+    return await asyncio.to_thread(
+        LocalModelEmbedder.load,
+        model_name=settings.model_name,
+        device=settings.model_device,
+        batch_size=settings.model_batch_size,
+    )
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -47,23 +58,28 @@ class Services:
     pipeline: IndexingPipeline
     search: SearchService
     owns_shared: bool
+    owns_embedder: bool
 
     @classmethod
     async def start(
-        cls, settings: Settings, *, share_from: Services | None = None, migrate: bool | None = None
+        cls,
+        settings: Settings,
+        *,
+        share_from: Services | None = None,
+        migrate: bool | None = None,
+        embedder: Embedder | None = None,
     ) -> Services:
-        """Build and check everything; raises `ConfigurationError` with a clear message if it cannot work."""
-        if share_from is not None and isinstance(share_from.embedder, LocalModelEmbedder):
-            embedder: Embedder = share_from.embedder
-        elif settings.tei_url:
-            embedder = await TEIEmbedder.connect(settings)
-        else:
-            embedder = await asyncio.to_thread(
-                LocalModelEmbedder.load,
-                model_name=settings.model_name,
-                device=settings.model_device,
-                batch_size=settings.model_batch_size,
-            )
+        """Build and check everything; raises `ConfigurationError` with a clear message if it cannot work.
+
+        ``embedder`` supplies a ready one (a model already loaded in this process); ``share_from``
+        reuses another loop's model, store and chunker.
+        """
+        owns_embedder = False
+        if embedder is None and share_from is not None and isinstance(share_from.embedder, LocalModelEmbedder):
+            embedder = share_from.embedder  # a loaded model serves every loop; an HTTP client does not
+        if embedder is None:
+            embedder = await _make_embedder(settings)
+            owns_embedder = True
         info = embedder.info
         if share_from is not None:
             store, chunker = share_from.store, share_from.chunker
@@ -124,7 +140,7 @@ class Services:
             async_redis=async_redis,
             pipeline=pipeline,
             search=search,
-            owns_shared=share_from is None,
+            owns_shared=share_from is None, owns_embedder=owns_embedder,
         )
 
     async def health(self) -> dict[str, str]:
@@ -150,7 +166,7 @@ class Services:
         await self.database.dispose()
         await self.async_redis.aclose()
         self.queue.connection.close()
-        if self.owns_shared or not isinstance(self.embedder, LocalModelEmbedder):
+        if self.owns_embedder:
             await self.embedder.aclose()
         if self.owns_shared:
             self.store.close()

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from crawldex.adapters.embedder import Embedder
 from crawldex.config import QUEUE_INDEXING, Settings
 from crawldex.errors import ConfigurationError
 from crawldex.services import Services
@@ -30,12 +31,13 @@ def check_settings(settings: Settings) -> None:
         )
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastAPI:
+    """The app; ``embedder`` hands it a model already loaded in this process (tests, tools)."""
     check_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = await Services.start(settings)
+        services = await Services.start(settings, embedder=embedder)
         consumer: EmbeddedConsumer | None = None
         if settings.embedded_workers:
             consumer = EmbeddedConsumer(settings, [QUEUE_INDEXING], services)
