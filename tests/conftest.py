@@ -13,11 +13,11 @@ from typing import Any
 import asyncpg
 import pytest
 import redis
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from crawldex.adapters.local_model import LocalModelEmbedder
 from crawldex.config import Settings
+from crawldex.db.migrate import upgrade
 from crawldex.services import Services
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -51,8 +51,8 @@ def clean_redis(redis_url: str) -> Iterator[redis.Redis]:
     connection.close()
 
 
-async def _admin(sql: str) -> None:
-    url = make_url(TEST_ADMIN_DATABASE_URL)
+async def _admin(sql: str, database_url: str = TEST_ADMIN_DATABASE_URL) -> None:
+    url = make_url(database_url)
     conn = await asyncpg.connect(
         host=url.host, port=url.port or 5432, user=url.username, password=url.password, database=url.database
     )
@@ -68,8 +68,17 @@ def database_url() -> Iterator[str]:
     name = f"crawldex_test_{uuid.uuid4().hex[:12]}"
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
     url = make_url(TEST_ADMIN_DATABASE_URL).set(drivername="postgresql+asyncpg", database=name)
-    yield url.render_as_string(hide_password=False)
+    rendered = url.render_as_string(hide_password=False)
+    asyncio.run(upgrade(rendered))
+    yield rendered
     asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def fresh_database(database_url: str) -> str:
+    """The test database with empty tables: each test gets a fresh vector store, so the rows must go too."""
+    asyncio.run(_admin("TRUNCATE documents, crawl_events", database_url.replace("+asyncpg", "")))
+    return database_url
 
 
 @pytest.fixture(scope="session")
@@ -79,12 +88,12 @@ def embedder() -> LocalModelEmbedder:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, redis_url: str, database_url: str, clean_redis: redis.Redis) -> Settings:
+def settings(tmp_path: Path, redis_url: str, fresh_database: str, clean_redis: redis.Redis) -> Settings:
     return Settings(
         api_token=API_TOKEN,
         firecrawl_webhook_secret=WEBHOOK_SECRET,
         redis_url=redis_url,
-        database_url=database_url,
+        database_url=fresh_database,
         data_dir=tmp_path / "data",
         qdrant_collection=f"test_{uuid.uuid4().hex[:8]}",
         index_job_retry_intervals=[1],
@@ -94,8 +103,5 @@ def settings(tmp_path: Path, redis_url: str, database_url: str, clean_redis: red
 @pytest.fixture
 async def services(settings: Settings, embedder: LocalModelEmbedder) -> AsyncIterator[Services]:
     started = await Services.start(settings, embedder=embedder)
-    # Each test gets a fresh vector store; the documents table must start as empty as it is.
-    async with started.database.session() as session:
-        await session.execute(text("TRUNCATE documents, crawl_events"))
     yield started
     await started.aclose()

@@ -14,7 +14,9 @@ def tokenizer():  # type: ignore[no-untyped-def]
 def _long_markdown(paragraphs: int) -> str:
     sections = []
     for i in range(paragraphs):
-        sections.append(f"## Section {i}\n\n" + " ".join(f"Sentence {i}.{j} about queues and workers." for j in range(12)))
+        sections.append(
+            f"## Section {i}\n\n" + " ".join(f"Sentence {i}.{j} about queues and workers." for j in range(12))
+        )
     return "# Guide\n\n" + "\n\n".join(sections)
 
 
@@ -50,7 +52,9 @@ def test_refuses_chunk_size_over_model_input(tokenizer) -> None:  # type: ignore
     with pytest.raises(ConfigurationError) as err:
         Chunker(tokenizer, chunk_tokens=300, overlap_tokens=0, max_input_tokens=256)
     message = str(err.value)
-    assert "300" in message and "256" in message and "254" in message
+    assert "300" in message
+    assert "256" in message
+    assert "254" in message
     Chunker(tokenizer, chunk_tokens=254, overlap_tokens=0, max_input_tokens=256)
 
 

@@ -13,7 +13,8 @@ def test_reads_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRAWLDEX_TEI_URL", "")
     monkeypatch.setenv("CRAWLDEX_CHUNK_TOKENS", "200")
     settings = Settings()
-    assert settings.api_token is not None and settings.api_token.get_secret_value() == "t"
+    assert settings.api_token is not None
+    assert settings.api_token.get_secret_value() == "t"
     assert settings.database_url == "postgresql+asyncpg://u@db:5432/crawldex"
     assert settings.qdrant_url == "http://qdrant:6333"
     assert settings.tei_url is None
@@ -23,7 +24,8 @@ def test_reads_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_embedded_defaults(tmp_path) -> None:  # type: ignore[no-untyped-def]
     settings = Settings(data_dir=tmp_path)
     assert settings.effective_database_url == f"sqlite+aiosqlite:///{tmp_path / 'crawldex.db'}"
-    assert settings.qdrant_url is None and settings.tei_url is None
+    assert settings.qdrant_url is None
+    assert settings.tei_url is None
 
 
 def test_overlap_must_be_smaller_than_chunk() -> None:
@@ -33,4 +35,5 @@ def test_overlap_must_be_smaller_than_chunk() -> None:
 
 def test_secrets_do_not_print() -> None:
     settings = Settings(api_token="very-secret", firecrawl_webhook_secret="also-secret")
-    assert "very-secret" not in repr(settings) and "also-secret" not in str(settings)
+    assert "very-secret" not in repr(settings)
+    assert "also-secret" not in str(settings)

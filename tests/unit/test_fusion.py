@@ -26,14 +26,21 @@ def test_rrf_sums_reciprocal_ranks() -> None:
 def test_weighted_fusion_normalises_each_list() -> None:
     dense = _points(("a", 0.9), ("b", 0.5))
     keyword = _points(("b", 30.0), ("c", 10.0))
-    fused = dict((p.id, s) for p, s in weighted_fuse(dense, keyword, 0.6, 0.4))
+    fused = {p.id: s for p, s in weighted_fuse(dense, keyword, 0.6, 0.4)}
     assert fused == pytest.approx({"a": 0.6, "b": 0.4, "c": 0.0})
 
 
 def test_request_validation() -> None:
-    assert SearchRequest(query="x", mode="bm25").mode is SearchMode.KEYWORD  # type: ignore[arg-type]
-    for bad in ({"query": ""}, {"query": "   "}, {"query": "x", "limit": 0}, {"query": "x", "limit": 101},
-                {"query": "x", "offset": -1}, {"query": "x", "mode": "fuzzy"}, {"query": "x", "filters": {"site": "a"}},
-                {"query": "x", "filters": {"url_prefix": "ftp://a/"}}):
+    assert SearchRequest(query="x", mode="bm25").mode is SearchMode.KEYWORD
+    for bad in (
+        {"query": ""},
+        {"query": "   "},
+        {"query": "x", "limit": 0},
+        {"query": "x", "limit": 101},
+        {"query": "x", "offset": -1},
+        {"query": "x", "mode": "fuzzy"},
+        {"query": "x", "filters": {"site": "a"}},
+        {"query": "x", "filters": {"url_prefix": "ftp://a/"}},
+    ):
         with pytest.raises(ValidationError):
             SearchRequest.model_validate(bad)

@@ -11,7 +11,13 @@ from crawldex.keyword import BM25Encoder, term_index, tokenize
 
 def test_tokenize_folds_case_accents_and_drops_stopwords() -> None:
     assert tokenize("The Café is OPEN, and the naïve user's queue-length") == [
-        "cafe", "open", "naive", "user", "s", "queue", "length",
+        "cafe",
+        "open",
+        "naive",
+        "user",
+        "s",
+        "queue",
+        "length",
     ]
 
 
@@ -30,13 +36,18 @@ def test_document_weights_follow_bm25_saturation_and_length() -> None:
     assert weights[term_index("redis")] == pytest.approx(2 * 2.2 / (2 + norm))
     assert weights[term_index("queue")] == pytest.approx(1 * 2.2 / (1 + norm))
     assert vector.indices == sorted(vector.indices)
-    longer = dict(zip(*(lambda v: (v.indices, v.values))(encoder.encode_document("queue " + "x " * 20)), strict=True))
+    longer = dict(
+        zip(*(lambda v: (v.indices, v.values))(encoder.encode_document("queue " + "x " * 20)), strict=True)
+    )
     assert longer[term_index("queue")] < weights[term_index("queue")]  # longer documents weigh a term less
 
 
 def test_query_vector_counts_terms() -> None:
     vector = BM25Encoder().encode_query("redis queue redis")
-    assert dict(zip(vector.indices, vector.values, strict=True)) == {term_index("redis"): 2.0, term_index("queue"): 1.0}
+    assert dict(zip(vector.indices, vector.values, strict=True)) == {
+        term_index("redis"): 2.0,
+        term_index("queue"): 1.0,
+    }
     assert BM25Encoder().encode_query("the and of").is_empty
 
 

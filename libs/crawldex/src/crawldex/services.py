@@ -75,7 +75,11 @@ class Services:
         reuses another loop's model, store and chunker.
         """
         owns_embedder = False
-        if embedder is None and share_from is not None and isinstance(share_from.embedder, LocalModelEmbedder):
+        if (
+            embedder is None
+            and share_from is not None
+            and isinstance(share_from.embedder, LocalModelEmbedder)
+        ):
             embedder = share_from.embedder  # a loaded model serves every loop; an HTTP client does not
         if embedder is None:
             embedder = await _make_embedder(settings)
@@ -140,7 +144,8 @@ class Services:
             async_redis=async_redis,
             pipeline=pipeline,
             search=search,
-            owns_shared=share_from is None, owns_embedder=owns_embedder,
+            owns_shared=share_from is None,
+            owns_embedder=owns_embedder,
         )
 
     async def health(self) -> dict[str, str]:

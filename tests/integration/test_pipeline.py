@@ -1,0 +1,172 @@
+"""The indexing pipeline on real PostgreSQL, Redis, the real model and the embedded Qdrant."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import timedelta
+
+import httpx
+import pytest
+
+from crawldex.adapters.tei import DIMENSION_PROBE_TEXT, TEIEmbedder
+from crawldex.config import Settings
+from crawldex.errors import EmbedderError
+from crawldex.models import IndexStatus, PageDocument, utc_now
+from crawldex.pipeline import IndexingPipeline, LocalDocumentLock
+from crawldex.search import SearchMode, SearchRequest
+from crawldex.services import Services
+from crawldex.urls import canonicalize_url, document_id
+from tests.conftest import fixture_json
+
+URL = "https://docs.example.com/guides/queues"
+
+
+def _page(markdown: str, **kwargs: object) -> PageDocument:
+    return PageDocument(url=kwargs.pop("url", URL), markdown=markdown, title="Queues", **kwargs)
+
+
+def _long_markdown(topic: str, sections: int) -> str:
+    body = "\n\n".join(
+        f"## {topic} part {i}\n\n"
+        + " ".join(f"{topic} sentence {i}.{j} explains how the system behaves." for j in range(15))
+        for i in range(sections)
+    )
+    return f"# {topic}\n\n{body}"
+
+
+async def _points(services: Services, url: str = URL) -> dict[str, dict[str, object]]:
+    doc_id = document_id(canonicalize_url(url))
+    client = services.store._client
+    records, _ = client.scroll(services.store.collection, limit=10_000, with_payload=True, with_vectors=False)
+    return {
+        str(r.id): dict(r.payload or {}) for r in records if (r.payload or {}).get("doc_id") == str(doc_id)
+    }
+
+
+async def test_index_then_replay_leaves_the_same_points(services: Services) -> None:
+    first = await services.pipeline.index(_page(_long_markdown("Redis", 8), crawl_id="c1"))
+    assert first.status is IndexStatus.INDEXED
+    assert first.chunk_count > 1
+    assert set(first.timings_ms) >= {"clean", "chunk", "embed", "upsert", "total"}
+    before = await _points(services)
+    assert len(before) == first.chunk_count == await services.store.count()
+
+    for _ in range(3):
+        again = await services.pipeline.index(_page(_long_markdown("Redis", 8), crawl_id="c1"))
+        assert again.status is IndexStatus.UNCHANGED
+        assert "embed" not in again.timings_ms
+    assert await _points(services) == before
+
+    record = await services.documents.get(document_id(canonicalize_url(URL)))
+    assert record is not None
+    assert (record.chunk_count, record.status, record.content_hash) == (
+        first.chunk_count,
+        "indexed",
+        first.content_hash,
+    )
+
+
+async def test_changed_text_replaces_every_chunk(services: Services) -> None:
+    old = await services.pipeline.index(_page(_long_markdown("Zebra", 12)))
+    new = await services.pipeline.index(_page("# Queues\n\nPenguins now explain the queue semantics."))
+    assert old.chunk_count > new.chunk_count == 1
+    points = await _points(services)
+    assert len(points) == 1 == await services.store.count()
+    assert "Penguins" in str(next(iter(points.values()))["text"])
+
+    for mode in SearchMode:
+        stale = await services.search.search(SearchRequest(query="Zebra sentence explains", mode=mode))
+        assert all("Zebra" not in r.text for r in stale.results), mode
+        fresh = await services.search.search(SearchRequest(query="penguins queue semantics", mode=mode))
+        assert [r.url for r in fresh.results] == [URL], mode
+
+
+async def test_more_chunks_after_fewer(services: Services) -> None:
+    await services.pipeline.index(_page("short page about otters"))
+    grown = await services.pipeline.index(_page(_long_markdown("Otter", 10)))
+    assert len(await _points(services)) == grown.chunk_count > 1
+    indices = sorted(int(p["chunk_index"]) for p in (await _points(services)).values())  # type: ignore[call-overload]
+    assert indices == list(range(grown.chunk_count))
+
+
+async def test_only_crawl_id_changed_keeps_vectors(services: Services) -> None:
+    await services.pipeline.index(_page("stable text about lighthouses", crawl_id="crawl-a"))
+    outcome = await services.pipeline.index(_page("stable text about lighthouses", crawl_id="crawl-b"))
+    assert outcome.status is IndexStatus.UNCHANGED
+    assert {p["crawl_id"] for p in (await _points(services)).values()} == {"crawl-b"}
+
+
+async def test_empty_page_removes_old_points(services: Services) -> None:
+    await services.pipeline.index(_page(_long_markdown("Walrus", 3)))
+    outcome = await services.pipeline.index(_page("  \n\n  "))
+    assert outcome.status is IndexStatus.EMPTY
+    assert outcome.chunk_count == 0
+    assert await _points(services) == {}
+    record = await services.documents.get(document_id(canonicalize_url(URL)))
+    assert record is not None
+    assert record.status == "empty"
+
+
+async def test_older_delivery_never_overwrites_newer(services: Services) -> None:
+    now = utc_now()
+    await services.pipeline.index(_page("the newer text about herons", received_at=now))
+    late = await services.pipeline.index(
+        _page("the older text about storks", received_at=now - timedelta(minutes=5))
+    )
+    assert late.status is IndexStatus.SUPERSEDED
+    texts = [str(p["text"]) for p in (await _points(services)).values()]
+    assert texts == ["the newer text about herons"]
+
+
+async def test_url_variants_are_one_document(services: Services) -> None:
+    await services.pipeline.index(_page("first", url="HTTPS://Docs.Example.com/guides/queues#intro"))
+    outcome = await services.pipeline.index(
+        _page("second text", url="https://docs.example.com:443/guides/queues")
+    )
+    assert outcome.status is IndexStatus.INDEXED
+    assert len(await _points(services)) == 1
+
+
+async def test_embedder_failure_writes_nothing(settings: Settings, services: Services) -> None:
+    """TEI answering 424 (its documented backend error) fails the job; the index stays as it was."""
+    await services.pipeline.index(_page("original text about puffins"))
+    before = await _points(services)
+    info = fixture_json("tei", "info.json")
+    dimension = services.embedder.info.dimension
+
+    def tei(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/info":
+            return httpx.Response(200, json=info)
+        inputs = json.loads(request.content)["inputs"]
+        if inputs in (DIMENSION_PROBE_TEXT, [DIMENSION_PROBE_TEXT]):
+            return httpx.Response(200, json=[[1.0] + [0.0] * (dimension - 1)])
+        return httpx.Response(
+            424, json={"error": "backend error: CUDA out of memory", "error_type": "Backend"}
+        )
+
+    failing = await TEIEmbedder.connect(
+        settings.model_copy(update={"tei_url": "http://tei.test"}), transport=httpx.MockTransport(tei)
+    )
+    pipeline = IndexingPipeline(
+        chunker=services.chunker,
+        embedder=failing,
+        store=services.store,
+        documents=services.documents,
+        bm25=services.bm25,
+        lock=LocalDocumentLock(),
+    )
+    try:
+        with pytest.raises(EmbedderError, match="CUDA out of memory"):
+            await pipeline.index(_page("replacement text about puffins and gannets"))
+    finally:
+        await failing.aclose()
+    assert await _points(services) == before
+    record = await services.documents.get(document_id(canonicalize_url(URL)))
+    assert record is not None
+    assert record.chunk_count == len(before)
+
+
+async def test_document_ids_are_the_canonical_url_uuid5(services: Services) -> None:
+    outcome = await services.pipeline.index(_page("x"))
+    assert uuid.UUID(outcome.doc_id) == document_id(canonicalize_url(URL))
