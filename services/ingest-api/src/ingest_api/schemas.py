@@ -96,6 +96,7 @@ class JobResponse(BaseModel):
     result: Any = None
     error: str | None = None
     retries_left: int | None = None
+    worker: str | None = Field(default=None, description="The worker that ran (or runs) it: host.pid.kind")
 
 
 class HealthResponse(BaseModel):

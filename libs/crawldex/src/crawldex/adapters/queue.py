@@ -44,6 +44,7 @@ class JobView:
     result: Any
     error: str | None
     retries_left: int | None
+    worker_name: str | None
     meta: dict[str, Any]
 
 
@@ -140,6 +141,7 @@ class JobQueue:
             result=result.return_value if result is not None else None,
             error=error,
             retries_left=job.retries_left,
+            worker_name=job.worker_name or None,
             meta=dict(job.meta or {}),
         )
 

@@ -34,4 +34,5 @@ async def get_job(
         result=view.result,
         error=view.error,
         retries_left=view.retries_left,
+        worker=view.worker_name,
     )
