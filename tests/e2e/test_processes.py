@@ -17,7 +17,7 @@ import pytest
 from rq import Worker
 
 from tests.conftest import API_TOKEN
-from tests.e2e.conftest import Deployment, free_port, wait_until_healthy
+from tests.e2e.conftest import BIN, Deployment, free_port, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -105,3 +105,18 @@ def test_two_workers_share_the_queue_and_finish_on_sigterm(deployment: Deploymen
         assert "warm shut down requested" in running.output()
         other = next(w for w in workers if w.pid != pid)
         assert other.popen.poll() is None  # the other worker keeps serving
+
+
+def test_rescrape_worker_serves_its_queue_and_stops_on_sigterm(
+    deployment: Deployment, clean_redis: Any
+) -> None:
+    worker = deployment.start("rescrape-worker", [str(BIN / "crawldex-rescrape-worker")])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not Worker.all(connection=clean_redis):
+        assert worker.popen.poll() is None, worker.output()
+        time.sleep(0.2)
+    [registered] = Worker.all(connection=clean_redis)
+    assert registered.queue_names() == ["rescrape"]
+    assert registered.name.endswith(f".{worker.pid}.rescrape-worker")
+    assert worker.stop() == 0
+    assert Worker.all(connection=clean_redis) == []

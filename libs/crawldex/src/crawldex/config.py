@@ -66,7 +66,6 @@ class Settings(BaseSettings):
     search_candidates: int = Field(
         default=100, ge=1, le=1000, description="Per-mode candidates before fusion."
     )
-    search_max_offset: int = Field(default=1000, ge=0)
 
     # API.
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)

@@ -1,1 +1,1 @@
-
+"""crawldex rescrape-worker: the RQ worker of the `rescrape` queue."""
