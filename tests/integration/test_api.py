@@ -339,3 +339,54 @@ def test_app_refuses_to_start_without_api_token(settings: Settings) -> None:
 
     with pytest.raises(ConfigurationError, match="CRAWLDEX_API_TOKEN"):
         create_app(settings.model_copy(update={"api_token": None}))
+
+
+def test_a_page_that_changes_back_ends_with_the_last_version(client: TestClient) -> None:
+    """A → B → A in three deliveries: the index holds A, not the B of the middle delivery."""
+    url = "https://flip.example/page"
+    for text in (
+        "Version alpha mentions albatrosses.",
+        "Version beta mentions bitterns.",
+        "Version alpha mentions albatrosses.",
+    ):
+        response = post_webhook(client, page_body(url, text)).json()
+        assert response["deduplicated_jobs"] == 0
+        wait_for_job(client, response["job_ids"][0])
+    hits = search(client, "version mentions", "keyword")["results"]
+    assert [h["text"] for h in hits] == ["Version alpha mentions albatrosses."]
+
+
+def test_streamed_oversize_json_body_is_413(client: TestClient) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"url": "https://a.example/", "markdown": "'
+        for _ in range(10):
+            yield b"x" * 10_000
+        yield b'"}'
+
+    response = client.post(
+        "/api/index", content=chunks(), headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 413, response.text
+    assert "CRAWLDEX_MAX_BODY_BYTES" in response.json()["detail"]
+
+
+def test_database_down(settings: Settings, embedder: LocalModelEmbedder) -> None:
+    down = settings.model_copy(
+        update={"database_url": "postgresql+asyncpg://postgres@127.0.0.1:1/none", "migrate_on_start": False}
+    )
+    with TestClient(create_app(down, embedder=embedder)) as client:
+        # Nothing of a lifecycle event would be kept: refuse it, so the sender knows.
+        lifecycle = post_webhook(client, fixture_bytes("firecrawl", "crawl_started.json"))
+        assert lifecycle.status_code == 503
+        assert lifecycle.headers["Retry-After"]
+        # Pages are queued in Redis, which is up: the delivery is accepted.
+        assert post_webhook(client, fixture_bytes("firecrawl", "v2_crawl_page.json")).status_code == 202
+        health = client.get("/health")
+        assert health.status_code == 503
+        assert health.json()["checks"]["database"] == "unavailable"
+        assert "127.0.0.1" not in health.text  # no hosts, users or driver messages in a public answer
+        assert client.get("/readyz").status_code == 503
+        test_index = client.post(
+            "/api/test-index", json={"url": "https://a.example/", "markdown": "x"}, headers=AUTH
+        )
+        assert test_index.status_code == 503

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 
+from crawldex.adapters.local_model import LocalModelEmbedder
 from crawldex.adapters.tei import DIMENSION_PROBE_TEXT, TEIEmbedder
 from crawldex.config import Settings
-from crawldex.errors import EmbedderError
+from crawldex.errors import DependencyUnavailableError, EmbedderError
 from crawldex.models import IndexStatus, PageDocument, utc_now
 from crawldex.pipeline import IndexingPipeline, LocalDocumentLock
 from crawldex.search import SearchMode, SearchRequest
@@ -170,3 +172,51 @@ async def test_embedder_failure_writes_nothing(settings: Settings, services: Ser
 async def test_document_ids_are_the_canonical_url_uuid5(services: Services) -> None:
     outcome = await services.pipeline.index(_page("x"))
     assert uuid.UUID(outcome.doc_id) == document_id(canonicalize_url(URL))
+
+
+async def test_embedded_sqlite_database(
+    settings: Settings, embedder: LocalModelEmbedder, tmp_path: Path
+) -> None:
+    """The embedded mode's SQLite hands back naive datetimes unless told otherwise; re-indexing must work."""
+    sqlite = settings.model_copy(update={"database_url": f"sqlite+aiosqlite:///{tmp_path / 'embedded.db'}"})
+    services = await Services.start(sqlite, embedder=embedder)
+    try:
+        first = await services.pipeline.index(_page("first text about swans"))
+        assert first.status is IndexStatus.INDEXED
+        assert (
+            await services.pipeline.index(_page("first text about swans"))
+        ).status is IndexStatus.UNCHANGED
+        assert (await services.pipeline.index(_page("second text about geese"))).status is IndexStatus.INDEXED
+        record = await services.documents.get(document_id(canonicalize_url(URL)))
+        assert record is not None
+        assert record.indexed_at.tzinfo is not None
+    finally:
+        await services.aclose()
+
+
+async def test_a_new_index_setup_re_embeds_unchanged_pages(services: Services) -> None:
+    await services.pipeline.index(_page("text about cormorants"))
+    reconfigured = IndexingPipeline(
+        chunker=services.chunker,
+        embedder=services.embedder,
+        store=services.store,
+        documents=services.documents,
+        bm25=services.bm25,
+        lock=LocalDocumentLock(),
+        index_signature="another model or collection",
+    )
+    assert (await reconfigured.index(_page("text about cormorants"))).status is IndexStatus.INDEXED
+    assert (await reconfigured.index(_page("text about cormorants"))).status is IndexStatus.UNCHANGED
+
+
+async def test_database_down_is_dependency_unavailable(
+    settings: Settings, embedder: LocalModelEmbedder
+) -> None:
+    down = settings.model_copy(update={"database_url": "postgresql+asyncpg://postgres@127.0.0.1:1/none"})
+    services = await Services.start(down, embedder=embedder, migrate=False)
+    try:
+        with pytest.raises(DependencyUnavailableError, match="database"):
+            await services.pipeline.index(_page("text"))
+        assert (await services.health())["database"] == "unavailable"
+    finally:
+        await services.aclose()

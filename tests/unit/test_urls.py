@@ -21,6 +21,12 @@ from crawldex.urls import canonicalize_url, document_id, domain_of, point_id
         ("  https://example.com/x  ", "https://example.com/x"),
         ("https://b\u00fccher.example/", "https://xn--bcher-kva.example/"),
         ("https://[::1]:8443/p", "https://[::1]:8443/p"),
+        # RFC 3986 escapes: unreserved ones decoded, the others kept and upper-cased.
+        ("https://a.example/100%2541", "https://a.example/100%2541"),
+        ("https://a.example/50%25off", "https://a.example/50%25off"),
+        ("https://a.example/a%2fb", "https://a.example/a%2Fb"),
+        ("https://a.example/%e2%82%ac", "https://a.example/%E2%82%AC"),
+        ("https://a.example/100%", "https://a.example/100%25"),
     ],
 )
 def test_canonical_form(raw: str, canonical: str) -> None:
@@ -66,3 +72,18 @@ def test_canonicalize_never_crashes_and_is_idempotent(raw: str) -> None:
         except InvalidDocumentError:
             continue
         assert canonicalize_url(once) == once
+
+
+def test_an_encoded_slash_is_not_a_slash() -> None:
+    assert document_id(canonicalize_url("https://a.example/a%2Fb")) != document_id(
+        canonicalize_url("https://a.example/a/b")
+    )
+
+
+@given(st.text(alphabet="%/aZ09~-.25FfEe\u00e9 ?=&#", max_size=40))
+def test_percent_escapes_normalise_idempotently(path: str) -> None:
+    try:
+        once = canonicalize_url("https://a.example/" + path)
+    except InvalidDocumentError:
+        return
+    assert canonicalize_url(once) == once

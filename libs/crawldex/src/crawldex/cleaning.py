@@ -31,14 +31,22 @@ def clean_markdown(markdown: str) -> str:
 
 
 def content_hash(
-    cleaned_markdown: str, *, url: str, title: str | None, description: str | None, language: str | None
+    cleaned_markdown: str,
+    *,
+    url: str,
+    title: str | None,
+    description: str | None,
+    language: str | None,
+    index_signature: str = "",
 ) -> str:
-    """Hash of what a page's points hold (text and metadata; not the crawl id or times).
+    """Hash of what a page's points hold: text, metadata, and how they were made.
 
-    A page whose hash is unchanged needs no re-embedding.
+    ``index_signature`` names the index set-up (collection, model, chunking, BM25 parameters): a
+    page indexed under another set-up is not "unchanged", even with the same text. The crawl id and
+    times are left out. A page whose hash is unchanged needs no re-embedding.
     """
     digest = hashlib.sha256()
-    for part in (url, title or "", description or "", language or "", cleaned_markdown):
+    for part in (index_signature, url, title or "", description or "", language or "", cleaned_markdown):
         digest.update(part.encode("utf-8"))
         digest.update(b"\x00")
     return digest.hexdigest()

@@ -19,19 +19,56 @@ T = TypeVar("T")
 _local = threading.local()
 
 
-class WorkerRuntime:
-    """A persistent event loop plus the services bound to it, owned by one worker thread."""
+class JobLoop:
+    """A persistent event loop that runs one job's coroutine at a time, and leaves nothing behind.
 
-    def __init__(self, runner: asyncio.Runner, services: Services) -> None:
-        self.runner = runner
-        self.services = services
+    If a job times out (our deadline, or RQ's death penalty raised into the loop) or fails, no task
+    of it may survive: a leftover task would resume during the next job and could write an old
+    version of a page over a newer one.
+    """
 
-    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return self.runner.run(coroutine)
+    # Our own deadline fires this long before RQ's job timeout, so a slow job is cancelled cleanly
+    # inside the loop rather than interrupted by RQ's death penalty in the middle of a write.
+    TIMEOUT_MARGIN_SECONDS = 10.0
+
+    def __init__(self) -> None:
+        self._runner = asyncio.Runner()
+
+    def run(self, coroutine: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T:
+        limit = None if timeout is None else max(1.0, timeout - self.TIMEOUT_MARGIN_SECONDS)
+        try:
+            return self._runner.run(asyncio.wait_for(coroutine, limit))
+        except BaseException:
+            self._cancel_leftovers()
+            raise
+
+    def pending_tasks(self) -> list[asyncio.Task[Any]]:
+        return [task for task in asyncio.all_tasks(self._runner.get_loop()) if not task.done()]
+
+    def _cancel_leftovers(self) -> None:
+        pending = self.pending_tasks()
+        for task in pending:
+            task.cancel()
+        if pending:
+            self._runner.get_loop().run_until_complete(asyncio.gather(*pending, return_exceptions=True))
 
     def close(self) -> None:
-        self.runner.run(self.services.aclose())
-        self.runner.close()
+        self._runner.close()
+
+
+class WorkerRuntime:
+    """The services of one worker thread, bound to that thread's job loop."""
+
+    def __init__(self, loop: JobLoop, services: Services) -> None:
+        self.loop = loop
+        self.services = services
+
+    def run(self, coroutine: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T:
+        return self.loop.run(coroutine, timeout=timeout)
+
+    def close(self) -> None:
+        self.loop.run(self.services.aclose())
+        self.loop.close()
 
 
 def install_runtime(runtime: WorkerRuntime | None) -> None:
@@ -49,4 +86,5 @@ def current_runtime() -> WorkerRuntime:
 def index_page(page: dict[str, Any]) -> dict[str, Any]:
     runtime = current_runtime()
     document = PageDocument.model_validate(page)
-    return runtime.run(runtime.services.pipeline.index(document)).as_job_result()
+    timeout = runtime.services.settings.index_job_timeout_seconds
+    return runtime.run(runtime.services.pipeline.index(document), timeout=timeout).as_job_result()

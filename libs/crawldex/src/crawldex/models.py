@@ -18,9 +18,13 @@ def utc_now() -> datetime:
 
 
 class PageDocument(BaseModel):
-    """A page to index: what a webhook, the index API or a rescrape delivers."""
+    """A page to index: what a webhook, the index API or a rescrape delivers.
 
-    model_config = ConfigDict(extra="forbid")
+    Unknown fields are ignored: during a rollout a newer ingest-api may queue fields an older
+    worker does not know yet.
+    """
+
+    model_config = ConfigDict(extra="ignore")
 
     url: NonBlank = Field(max_length=8192, description="The page's URL (its final URL after redirects).")
     markdown: str = Field(description="The page content as markdown.")

@@ -87,6 +87,7 @@ class IndexingPipeline:
         documents: DocumentRepository,
         bm25: BM25Encoder,
         lock: DocumentLock,
+        index_signature: str = "",
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._chunker = chunker
@@ -96,6 +97,7 @@ class IndexingPipeline:
         self._bm25 = bm25
         self._lock = lock
         self._clock = clock
+        self._index_signature = index_signature
 
     async def index(self, page: PageDocument, *, force: bool = False) -> IndexOutcome:
         """Index ``page``; ``force`` re-embeds even unchanged content (diagnostics)."""
@@ -105,7 +107,12 @@ class IndexingPipeline:
         async with timer.stage("clean"):
             cleaned = clean_markdown(page.markdown)
             digest = content_hash(
-                cleaned, url=page.url, title=page.title, description=page.description, language=page.language
+                cleaned,
+                url=page.url,
+                title=page.title,
+                description=page.description,
+                language=page.language,
+                index_signature=self._index_signature,
             )
 
         def outcome(status: IndexStatus, chunk_count: int) -> IndexOutcome:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from crawldex.adapters.embedder import Embedder
-from crawldex.adapters.local_model import LocalModelEmbedder
+from crawldex.adapters.embedder import Embedder, EmbedderInfo
+from crawldex.adapters.local_model import BUNDLED_MODEL_ID, LocalModelEmbedder
 from crawldex.adapters.qdrant import VectorStore
 from crawldex.adapters.queue import JobQueue, connect_redis
 from crawldex.adapters.redis_lock import RedisDocumentLock
@@ -24,12 +25,33 @@ from crawldex.config import Settings
 from crawldex.db.database import Database
 from crawldex.db.migrate import upgrade
 from crawldex.db.repository import CrawlEventRepository, DocumentRepository
-from crawldex.errors import DependencyUnavailableError
+from crawldex.errors import ConfigurationError, DependencyUnavailableError
 from crawldex.keyword import BM25Encoder
 from crawldex.pipeline import IndexingPipeline
 from crawldex.search import Fusion, SearchDefaults, SearchService
 
 log = logging.getLogger(__name__)
+HEALTH_CHECK_TIMEOUT_SECONDS = 5.0
+
+
+def index_signature(settings: Settings, info: EmbedderInfo) -> str:
+    """Everything besides the page that decides what its points hold; a change re-embeds every page."""
+    return "|".join(
+        str(part)
+        for part in (
+            "v1",
+            settings.qdrant_url or "embedded",
+            settings.qdrant_collection,
+            info.model_id,
+            info.dimension,
+            settings.tokenizer_path or "bundled",
+            settings.chunk_tokens,
+            settings.chunk_overlap_tokens,
+            settings.bm25_k1,
+            settings.bm25_b,
+            settings.bm25_avg_doc_tokens,
+        )
+    )
 
 
 async def _make_embedder(settings: Settings) -> Embedder:
@@ -85,6 +107,11 @@ class Services:
             embedder = await _make_embedder(settings)
             owns_embedder = True
         info = embedder.info
+        if settings.tei_url and settings.tokenizer_path is None and info.model_id != BUNDLED_MODEL_ID:
+            raise ConfigurationError(
+                f"TEI serves {info.model_id}, but chunks would be counted with the bundled {BUNDLED_MODEL_ID} "
+                "tokenizer: set CRAWLDEX_TOKENIZER_PATH to the served model's tokenizer.json"
+            )
         if share_from is not None:
             store, chunker = share_from.store, share_from.chunker
         else:
@@ -111,13 +138,21 @@ class Services:
         )
         async_redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
         documents = DocumentRepository(database)
+        # The lock outlives any job that holds it (a dead holder's lock still expires), and a job
+        # waits for it far less than its own timeout: better to fail and retry than to time out.
         lock = RedisDocumentLock(
             async_redis,
-            timeout_seconds=settings.index_job_timeout_seconds,
-            wait_seconds=settings.index_job_timeout_seconds,
+            timeout_seconds=settings.index_job_timeout_seconds + 60,
+            wait_seconds=min(60.0, settings.index_job_timeout_seconds / 4),
         )
         pipeline = IndexingPipeline(
-            chunker=chunker, embedder=embedder, store=store, documents=documents, bm25=bm25, lock=lock
+            chunker=chunker,
+            embedder=embedder,
+            store=store,
+            documents=documents,
+            bm25=bm25,
+            lock=lock,
+            index_signature=index_signature(settings, info),
         )
         search = SearchService(
             embedder=embedder,
@@ -148,24 +183,30 @@ class Services:
             owns_embedder=owns_embedder,
         )
 
-    async def health(self) -> dict[str, str]:
-        """Per dependency: "ok" or the reason it is not."""
-        checks = {
-            "redis": asyncio.to_thread(self.queue.health),
-            "database": self.database.health(),
-            "vector_store": self.store.health(),
-            "embedder": self.embedder.health(),
+    async def health(self, only: Collection[str] | None = None) -> dict[str, str]:
+        """Per dependency, checked concurrently: "ok" or "unavailable" (the reason goes to the log only:
+        health endpoints are unauthenticated and must not show hosts, users or driver messages)."""
+        checks: dict[str, Callable[[], Awaitable[None]]] = {
+            "redis": lambda: asyncio.to_thread(self.queue.health),
+            "database": self.database.health,
+            "vector_store": self.store.health,
+            "embedder": self.embedder.health,
         }
-        report: dict[str, str] = {}
-        for name, check in checks.items():
+        names = [name for name in checks if only is None or name in only]
+
+        async def check(name: str) -> str:
             try:
-                await asyncio.wait_for(check, timeout=5)
-                report[name] = "ok"
+                await asyncio.wait_for(checks[name](), timeout=HEALTH_CHECK_TIMEOUT_SECONDS)
             except TimeoutError:
-                report[name] = "unavailable: no answer within 5s"
+                log.warning("health: %s did not answer within %ss", name, HEALTH_CHECK_TIMEOUT_SECONDS)
+                return "unavailable"
             except DependencyUnavailableError as exc:
-                report[name] = f"unavailable: {exc}"
-        return report
+                log.warning("health: %s", exc)
+                return "unavailable"
+            return "ok"
+
+        results = await asyncio.gather(*(check(name) for name in names))
+        return dict(zip(names, results, strict=True))
 
     async def aclose(self) -> None:
         await self.database.dispose()

@@ -6,8 +6,9 @@ on this one function.
 
 from __future__ import annotations
 
+import re
 import uuid
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from crawldex.errors import InvalidDocumentError
 
@@ -50,9 +51,33 @@ def canonicalize_url(url: str) -> str:
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
     netloc = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
-    path = quote(unquote(parts.path), safe="/:@!$&'()*+,;=-._~%") or "/"
+    path = normalize_path(parts.path) or "/"
     query = urlencode(sorted(parse_qsl(parts.query, keep_blank_values=True)), doseq=True)
     return urlunsplit((scheme, netloc, path, query, ""))
+
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+# Characters a path may hold as they are (RFC 3986: unreserved, sub-delims, ":", "@", "/").
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+
+
+def normalize_path(path: str) -> str:
+    """RFC 3986 normalisation of a path: escapes of unreserved characters decoded, the other escapes
+    upper-cased and kept (``%2F`` is not ``/``, ``%25`` is not ``%``), everything else percent-encoded
+    as UTF-8. Idempotent by construction."""
+    out: list[str] = []
+    position = 0
+    while position < len(path):
+        match = _ESCAPE.match(path, position)
+        if match:
+            char = chr(int(match.group(1), 16))
+            out.append(char if char in _UNRESERVED else f"%{match.group(1).upper()}")
+            position = match.end()
+            continue
+        out.append(quote(path[position], safe=_PATH_SAFE))  # a lone "%" becomes "%25"
+        position += 1
+    return "".join(out)
 
 
 def domain_of(canonical_url: str) -> str:

@@ -6,7 +6,6 @@ the model above all, serve every job; a forking worker would lose anything a job
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
@@ -15,15 +14,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from rq import Queue, SimpleWorker
-from rq.exceptions import StopRequested
+from rq.job import Job
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
-from rq.worker import WorkerStatus
 
 from crawldex.adapters.queue import connect_redis
 from crawldex.config import Settings
-from crawldex.jobs import WorkerRuntime, install_runtime
+from crawldex.jobs import JobLoop, WorkerRuntime, install_runtime
 from crawldex.services import Services
 
 log = logging.getLogger(__name__)
@@ -46,8 +44,9 @@ class EmbeddedWorker(CrawldexWorker):
     """A worker that lives in a thread of the ingest-api process (embedded mode only).
 
     Off the main thread Python forbids signal handlers, so this worker installs none (stopping is
-    `stop()`), enforces job timeouts with a timer instead of SIGALRM, and moves due retries from the
-    scheduled registry itself instead of forking RQ's scheduler process.
+    `stop()`, checked between one-second waits for a job), enforces job timeouts with a timer instead
+    of SIGALRM, and moves due retries from the scheduled registry itself instead of forking RQ's
+    scheduler process.
     """
 
     death_penalty_class = TimerDeathPenalty
@@ -57,36 +56,46 @@ class EmbeddedWorker(CrawldexWorker):
         self._stop_event = threading.Event()
         self._scheduler: RQScheduler | None = None
 
-    @property
-    def dequeue_timeout(self) -> int:
-        return 1  # wake up every second to notice `stop()`
-
     def _install_signal_handlers(self) -> None:
         return None
 
     def stop(self) -> None:
+        """Stop after the running job, if any (a warm shutdown)."""
         self._stop_event.set()
 
-    def heartbeat(self, *args: Any, **kwargs: Any) -> Any:
-        if self._stop_event.is_set() and self.get_state() != WorkerStatus.BUSY:
-            raise StopRequested
-        self._enqueue_due_retries()
-        return super().heartbeat(*args, **kwargs)
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        # Wait for a job one second at a time; between waits, honour stop() and move due retries.
+        # Returning None ends RQ's work loop, which then unregisters the worker.
+        while not self._stop_event.is_set():
+            self._enqueue_due_retries()
+            result = super().dequeue_job_and_maintain_ttl(timeout=1, max_idle_time=1)
+            if result is not None:
+                return result
+        return None
 
     def _enqueue_due_retries(self) -> None:
         if self._scheduler is None:
             self._scheduler = RQScheduler(self.queues, connection=self.connection, serializer=self.serializer)
-        if not self._scheduler.acquired_locks:
+        if self._scheduler.acquired_locks:
+            self._scheduler.heartbeat()  # type: ignore[no-untyped-call]  # extends the lock's TTL
+        else:
             self._scheduler.acquire_locks()  # type: ignore[no-untyped-call]
         if self._scheduler.acquired_locks:
             self._scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
 
+    def teardown(self) -> None:
+        if self._scheduler is not None and self._scheduler.acquired_locks:
+            self._scheduler.release_locks()  # type: ignore[no-untyped-call]
+        super().teardown()  # type: ignore[no-untyped-call]
+
 
 def run_worker(settings: Settings, queue_names: Sequence[str], *, kind: str, burst: bool = False) -> None:
     """Run a worker in this (main) thread until SIGTERM/SIGINT: the first finishes the current job."""
-    runner = asyncio.Runner()
-    services = runner.run(Services.start(settings, migrate=settings.migrate_on_start))
-    runtime = WorkerRuntime(runner, services)
+    loop = JobLoop()
+    services = loop.run(Services.start(settings, migrate=settings.migrate_on_start))
+    runtime = WorkerRuntime(loop, services)
     install_runtime(runtime)
     connection = connect_redis(settings.redis_url)
     queues = [Queue(name, connection=connection, serializer=JSONSerializer) for name in queue_names]
@@ -120,15 +129,15 @@ class EmbeddedConsumer:
             raise RuntimeError(f"embedded consumer failed to start: {self._error}") from self._error
 
     def _run(self) -> None:
-        runner = asyncio.Runner()
+        loop = JobLoop()
         try:
-            services = runner.run(Services.start(self._settings, share_from=self._shared, migrate=False))
+            services = loop.run(Services.start(self._settings, share_from=self._shared, migrate=False))
         except BaseException as exc:
             self._error = exc
             self._ready.set()
-            runner.close()
+            loop.close()
             return
-        runtime = WorkerRuntime(runner, services)
+        runtime = WorkerRuntime(loop, services)
         install_runtime(runtime)
         connection = connect_redis(self._settings.redis_url)
         queues = [Queue(n, connection=connection, serializer=JSONSerializer) for n in self._queue_names]
@@ -144,8 +153,9 @@ class EmbeddedConsumer:
             install_runtime(None)
             runtime.close()
 
-    def stop(self, timeout: float = 60.0) -> None:
-        """Finish the running job, then stop (a warm shutdown)."""
+    def stop(self, timeout: float) -> bool:
+        """Finish the running job, then stop (a warm shutdown); False if it was still running at ``timeout``."""
         if self._worker is not None:
             self._worker.stop()
         self._thread.join(timeout)
+        return not self._thread.is_alive()

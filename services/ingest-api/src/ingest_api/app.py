@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -47,9 +48,15 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
         try:
             yield
         finally:
+            stopped = True
             if consumer is not None:
-                consumer.stop()
-            await services.aclose()
+                # Let a running job finish (it may take up to the job timeout) without blocking the loop.
+                timeout = settings.index_job_timeout_seconds + 30
+                stopped = await asyncio.to_thread(consumer.stop, timeout)
+            if stopped:
+                await services.aclose()
+            else:
+                log.error("the embedded consumer is still running a job; leaving its store open at exit")
 
     app = FastAPI(
         title="crawldex ingest-api",

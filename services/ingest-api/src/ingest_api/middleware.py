@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import json
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
-class BodyTooLargeError(Exception):
-    pass
+class BodyTooLargeError(HTTPException):
+    """Raised while the body is read; an HTTPException so FastAPI answers 413, not 'cannot parse body'."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, _too_large(max_bytes))
+
+
+def _too_large(max_bytes: int) -> str:
+    return f"request body exceeds the limit of {max_bytes} bytes (CRAWLDEX_MAX_BODY_BYTES)"
 
 
 class BodySizeLimit:
@@ -30,7 +38,7 @@ class BodySizeLimit:
                     await self._reject(send, 400, "Content-Length is not a number")
                     return
                 if declared > self.max_bytes:
-                    await self._reject(send, 413, self._too_large())
+                    await self._reject(send, 413, _too_large(self.max_bytes))
                     return
         received = 0
         response_started = False
@@ -41,7 +49,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise BodyTooLargeError
+                    raise BodyTooLargeError(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -54,10 +62,7 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLargeError:
             if not response_started:
-                await self._reject(send, 413, self._too_large())
-
-    def _too_large(self) -> str:
-        return f"request body exceeds the limit of {self.max_bytes} bytes (CRAWLDEX_MAX_BODY_BYTES)"
+                await self._reject(send, 413, _too_large(self.max_bytes))
 
     @staticmethod
     async def _reject(send: Send, status: int, detail: str) -> None:

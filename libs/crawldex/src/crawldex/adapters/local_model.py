@@ -19,6 +19,7 @@ from crawldex.chunking import bundled_model_dir
 from crawldex.errors import ConfigurationError, EmbedderError
 
 SUPPORTED_MODEL = "all-MiniLM-L6-v2"
+BUNDLED_MODEL_ID = f"sentence-transformers/{SUPPORTED_MODEL}"  # also TEI's model_id for this model
 
 
 class LocalModelEmbedder:
@@ -63,7 +64,7 @@ class LocalModelEmbedder:
         if dimension is None:
             raise ConfigurationError(f"model at {path} does not report its embedding dimension")
         info = EmbedderInfo(
-            model_id=f"sentence-transformers/{model_name}",
+            model_id=BUNDLED_MODEL_ID,
             dimension=int(dimension),
             max_input_tokens=int(model.max_seq_length or 0),
             max_batch_size=batch_size,
@@ -77,18 +78,23 @@ class LocalModelEmbedder:
     def embed_documents_sync(self, texts: Sequence[str]) -> list[Vector]:
         if not texts:
             return []
-        try:
-            with self._lock:
-                vectors = self._model.encode(
-                    list(texts),
-                    batch_size=self._batch_size,
-                    normalize_embeddings=True,
-                    convert_to_numpy=True,
-                    show_progress_bar=False,
-                )
-        except Exception as exc:  # torch raises many types; the job layer needs one
-            raise EmbedderError(f"in-process model failed: {exc}") from exc
-        return [row.tolist() for row in vectors]
+        vectors: list[Vector] = []
+        for start in range(0, len(texts), self._batch_size):
+            batch = list(texts[start : start + self._batch_size])
+            try:
+                # Locked per batch, not per page: a search waits for one batch, not a whole page.
+                with self._lock:
+                    rows = self._model.encode(
+                        batch,
+                        batch_size=self._batch_size,
+                        normalize_embeddings=True,
+                        convert_to_numpy=True,
+                        show_progress_bar=False,
+                    )
+            except Exception as exc:  # torch raises many types; the job layer needs one
+                raise EmbedderError(f"in-process model failed: {exc}") from exc
+            vectors.extend(row.tolist() for row in rows)
+        return vectors
 
     async def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
         return await asyncio.to_thread(self.embed_documents_sync, texts)

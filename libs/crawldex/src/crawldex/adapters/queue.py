@@ -23,7 +23,13 @@ from crawldex.models import PageDocument
 from crawldex.urls import canonicalize_url
 
 INDEX_JOB = "crawldex.jobs.index_page"
-_ACTIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+_PENDING_OR_DONE = {
+    JobStatus.QUEUED,
+    JobStatus.STARTED,
+    JobStatus.DEFERRED,
+    JobStatus.SCHEDULED,
+    JobStatus.FINISHED,
+}
 
 
 @dataclass(frozen=True)
@@ -48,10 +54,16 @@ class JobView:
     meta: dict[str, Any]
 
 
-def index_job_id(page: PageDocument) -> str:
-    """Same page, same content, same crawl → same job id: a replay while it is pending adds no job."""
+def index_job_id(page: PageDocument, delivery_id: str | None) -> str:
+    """The job of one delivery of one page.
+
+    A delivery the sender identifies (Firecrawl's ``webhookId``, new for every delivery) maps to one
+    job id, so a replay of it adds no job, even after the job finished. Without an id every request
+    is its own delivery: content alone must not decide, or a page that changes A → B → A would
+    map its third version onto the first job and keep B.
+    """
     digest = hashlib.sha256()
-    for part in (
+    parts = [
         canonicalize_url(page.url),
         page.url,
         page.title or "",
@@ -59,7 +71,9 @@ def index_job_id(page: PageDocument) -> str:
         page.language or "",
         page.crawl_id or "",
         page.markdown,
-    ):
+        delivery_id or page.received_at.isoformat(),
+    ]
+    for part in parts:
         digest.update(part.encode("utf-8"))
         digest.update(b"\x00")
     return f"index-{digest.hexdigest()[:40]}"
@@ -81,8 +95,11 @@ class JobQueue:
             return None
         return Retry(max=retries, interval=list(self._settings.index_job_retry_intervals))
 
-    def enqueue_index(self, page: PageDocument, *, meta: dict[str, Any] | None = None) -> EnqueuedJob:
-        job_id = index_job_id(page)
+    def enqueue_index(
+        self, page: PageDocument, *, delivery_id: str | None = None, meta: dict[str, Any] | None = None
+    ) -> EnqueuedJob:
+        """Queue ``page``; a repeated ``delivery_id`` for the same page returns the existing job."""
+        job_id = index_job_id(page, delivery_id)
         try:
             for _ in range(2):
                 try:
@@ -101,11 +118,9 @@ class JobQueue:
                     return EnqueuedJob(job_id=job_id, url=page.url, deduplicated=False)
                 except DuplicateJobError:
                     existing = self._fetch(job_id)
-                    if existing is not None and existing.get_status(refresh=False) in _ACTIVE | {
-                        JobStatus.FINISHED
-                    }:
+                    if existing is not None and existing.get_status(refresh=False) in _PENDING_OR_DONE:
                         return EnqueuedJob(job_id=job_id, url=page.url, deduplicated=True)
-                    # A failed, stopped or cancelled run of the same content: a new delivery retries it.
+                    # The same delivery once failed for good (or was stopped): sending it again retries it.
                     if existing is not None:
                         existing.delete(remove_from_queue=True)
             return EnqueuedJob(job_id=job_id, url=page.url, deduplicated=True)

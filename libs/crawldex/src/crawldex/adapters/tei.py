@@ -141,7 +141,7 @@ class TEIEmbedder:
         return vectors
 
     async def embed_query(self, text: str) -> Vector:
-        return (await self._embed_batch([text], self._query_prompt_name))[0]
+        return (await self._embed_batch([text], self._query_prompt_name, truncate=True))[0]
 
     async def health(self) -> None:
         """One ``GET /health``, without retries: a health check reports the state of right now."""
@@ -191,8 +191,12 @@ class TEIEmbedder:
             self._info.max_batch_size,
         )
 
-    async def _embed_batch(self, inputs: list[str], prompt_name: str | None) -> list[Vector]:
-        payload: dict[str, Any] = {"inputs": inputs, "normalize": True, "truncate": False}
+    async def _embed_batch(
+        self, inputs: list[str], prompt_name: str | None, *, truncate: bool = False
+    ) -> list[Vector]:
+        # Documents are never truncated (chunks are sized to fit; a longer one is a bug to see).
+        # A query may be cut: its first max_input_length tokens are what the model can use.
+        payload: dict[str, Any] = {"inputs": inputs, "normalize": True, "truncate": truncate}
         if prompt_name is not None:
             payload["prompt_name"] = prompt_name
         response = await self._request("POST", "/embed", json=payload)

@@ -9,9 +9,13 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from crawldex.errors import DependencyUnavailableError
+
+# Errors that mean "the database is not there right now", as opposed to a bad statement.
+_UNREACHABLE = (OperationalError, InterfaceError, OSError, TimeoutError)
 
 
 def create_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
@@ -48,9 +52,16 @@ class Database:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """A short transaction: committed on success, rolled back on error."""
-        async with self._sessions() as session, session.begin():
-            yield session
+        """A short transaction: committed on success, rolled back on error.
+
+        A database that cannot be reached raises `DependencyUnavailableError` (the API answers 503,
+        a job fails and is retried); any other database error propagates as it is.
+        """
+        try:
+            async with self._sessions() as session, session.begin():
+                yield session
+        except _UNREACHABLE as exc:
+            raise DependencyUnavailableError("database", f"{type(exc).__name__}: {exc}") from exc
 
     async def health(self) -> None:
         try:

@@ -62,6 +62,7 @@ async def firecrawl_webhook(
         enqueued = await asyncio.to_thread(
             services.queue.enqueue_index,
             page,
+            delivery_id=delivery.webhook_id,
             meta={"crawl_id": delivery.crawl_id, "webhook_id": delivery.webhook_id, "source": "firecrawl"},
         )
         job_ids.append(enqueued.job_id)
@@ -77,12 +78,10 @@ async def firecrawl_webhook(
                 error="; ".join(f.error for f in delivery.failed) or delivery.error,
             )
         except DependencyUnavailableError:
-            raise
-        except Exception:
-            # The jobs are queued already; losing the bookkeeping row must not lose the delivery.
-            log.exception(
-                "could not record Firecrawl %s event for crawl %s", delivery.event_type, delivery.crawl_id
-            )
+            if not job_ids:
+                raise  # nothing else of this delivery was kept: 503, so the sender knows
+            # The pages are queued; only the bookkeeping of the failed ones is lost. Say so, loudly.
+            log.exception("could not record the failed pages of Firecrawl crawl %s", delivery.crawl_id)
     if job_ids:
         result_status = "queued"
     else:

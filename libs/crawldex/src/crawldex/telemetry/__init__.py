@@ -1,0 +1,1 @@
+"""Telemetry: Prometheus metrics, OpenTelemetry tracing, structured logs."""

@@ -1,0 +1,123 @@
+"""Every Prometheus metric crawldex exports, in one place.
+
+Names start with ``crawldex_``; labels take values from small fixed sets (route templates, queue
+names, stage names, status classes), never a URL, a crawl id or anything a sender chooses.
+docs/operations.md is the reference for each metric; the dashboards and alerts in
+deploy/observability/ query them.
+
+Workers run jobs in their own process (no fork per job), so the default registry is complete in
+every process and no multiprocess mode is needed.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+# Seconds: webhook handling is milliseconds, jobs are seconds to minutes.
+FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+JOB_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+KNOWN_FIRECRAWL_EVENTS = frozenset(
+    {
+        "crawl.started",
+        "crawl.page",
+        "crawl.completed",
+        "crawl.cancelled",
+        "crawl.failed",
+        "batch_scrape.started",
+        "batch_scrape.page",
+        "batch_scrape.completed",
+        "extract.started",
+        "extract.completed",
+        "extract.failed",
+        "monitor.page",
+        "monitor.check.completed",
+    }
+)
+
+
+def event_label(event_type: str) -> str:
+    """Sender-chosen event names are bounded to the known set."""
+    return event_type if event_type in KNOWN_FIRECRAWL_EVENTS else "other"
+
+
+HTTP_REQUESTS = Counter(
+    "crawldex_http_requests",
+    "HTTP requests answered, by route template, method and status code.",
+    ["route", "method", "status"],
+)
+HTTP_DURATION = Histogram(
+    "crawldex_http_request_duration_seconds",
+    "Time to answer an HTTP request, by route template and method.",
+    ["route", "method"],
+    buckets=FAST_BUCKETS,
+)
+WEBHOOKS_RECEIVED = Counter(
+    "crawldex_webhooks_received",
+    "Webhook deliveries accepted, by source and event type.",
+    ["source", "event"],
+)
+WEBHOOKS_REJECTED = Counter(
+    "crawldex_webhooks_rejected",
+    "Webhook deliveries refused, by source and reason.",
+    ["source", "reason"],
+)
+JOBS_ENQUEUED = Counter("crawldex_jobs_enqueued", "Jobs put on a queue.", ["queue"])
+JOBS_DEDUPLICATED = Counter(
+    "crawldex_jobs_deduplicated",
+    "Enqueues that found an identical job already pending or done.",
+    ["queue"],
+)
+JOBS_STARTED = Counter("crawldex_jobs_started", "Jobs a worker started (retries included).", ["queue"])
+JOBS_FINISHED = Counter("crawldex_jobs_finished", "Jobs that completed successfully.", ["queue"])
+JOBS_FAILED = Counter("crawldex_jobs_failed", "Job runs that raised (each try counts).", ["queue"])
+JOBS_RETRIED = Counter(
+    "crawldex_jobs_retried", "Job runs that were a retry of an earlier failed run.", ["queue"]
+)
+JOB_DURATION = Histogram(
+    "crawldex_job_duration_seconds",
+    "Time a worker spent on a job, by queue and outcome.",
+    ["queue", "outcome"],
+    buckets=JOB_BUCKETS,
+)
+STAGE_DURATION = Histogram(
+    "crawldex_stage_duration_seconds",
+    "Time of each pipeline stage: fetch, clean, chunk, embed, keyword, upsert, delete, record.",
+    ["stage"],
+    buckets=JOB_BUCKETS,
+)
+DOCUMENTS_PROCESSED = Counter(
+    "crawldex_documents_processed",
+    "Documents the pipeline handled, by result: indexed, unchanged (skipped), empty, superseded.",
+    ["result"],
+)
+CHUNKS_INDEXED = Counter("crawldex_chunks_indexed", "Chunks embedded and written to the vector store.")
+EMBED_BATCH_SIZE = Histogram(
+    "crawldex_embedder_batch_size",
+    "Texts per embedder call, by embedder (local, tei) and purpose.",
+    ["embedder", "purpose"],
+    buckets=BATCH_BUCKETS,
+)
+EMBED_DURATION = Histogram(
+    "crawldex_embedder_request_duration_seconds",
+    "Time of one embedder call, by embedder and purpose.",
+    ["embedder", "purpose"],
+    buckets=(*FAST_BUCKETS, 30.0, 60.0),
+)
+TEI_RESPONSES = Counter("crawldex_tei_responses", "TEI HTTP responses by status code.", ["code"])
+SEARCHES = Counter(
+    "crawldex_searches", "Searches answered, by mode and outcome (ok, error).", ["mode", "outcome"]
+)
+SEARCH_DURATION = Histogram(
+    "crawldex_search_duration_seconds",
+    "Time to answer a search, by mode.",
+    ["mode"],
+    buckets=FAST_BUCKETS,
+)
+SEARCH_RESULTS = Histogram(
+    "crawldex_search_results",
+    "Results returned per search, by mode.",
+    ["mode"],
+    buckets=(0, 1, 5, 10, 20, 50, 100),
+)
