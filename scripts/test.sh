@@ -5,5 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CRAWLDEX_TEST_REDIS_URL="${CRAWLDEX_TEST_REDIS_URL:-$(CRAWLDEX_REDIS_URL=redis://127.0.0.1:6379/0 scripts/ensure-redis.sh)}"
 export CRAWLDEX_TEST_REDIS_URL
+scripts/ensure-prometheus.sh  # promtool and prometheus, for the alert-rule and metrics tests
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 exec .venv/bin/pytest "$@"

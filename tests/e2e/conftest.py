@@ -78,7 +78,8 @@ class Deployment:
         return self.start("ingest-api", [str(BIN / "crawldex-ingest-api")], CRAWLDEX_PORT=str(port), **env)
 
     def start_worker(self, name: str) -> Process:
-        return self.start(name, [str(BIN / "crawldex-index-worker")])
+        # Each worker serves /metrics on a port of its own, as each pod would.
+        return self.start(name, [str(BIN / "crawldex-index-worker")], CRAWLDEX_METRICS_PORT=str(free_port()))
 
     def stop_all(self) -> None:
         for process in reversed(self.processes):

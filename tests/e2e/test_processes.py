@@ -110,7 +110,9 @@ def test_two_workers_share_the_queue_and_finish_on_sigterm(deployment: Deploymen
 def test_rescrape_worker_serves_its_queue_and_stops_on_sigterm(
     deployment: Deployment, clean_redis: Any
 ) -> None:
-    worker = deployment.start("rescrape-worker", [str(BIN / "crawldex-rescrape-worker")])
+    worker = deployment.start(
+        "rescrape-worker", [str(BIN / "crawldex-rescrape-worker")], CRAWLDEX_METRICS_PORT=str(free_port())
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not Worker.all(connection=clean_redis):
         assert worker.popen.poll() is None, worker.output()

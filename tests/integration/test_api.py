@@ -390,3 +390,18 @@ def test_database_down(settings: Settings, embedder: LocalModelEmbedder) -> None
             "/api/test-index", json={"url": "https://a.example/", "markdown": "x"}, headers=AUTH
         )
         assert test_index.status_code == 503
+
+
+def test_rq_info_sees_queues_and_workers(client: TestClient, redis_url: str) -> None:
+    """Operators use RQ's own tools; crawldex keeps RQ's standard keys."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    post_webhook(client, fixture_bytes("firecrawl", "v2_crawl_page.json"))
+    rq = Path(sys.executable).parent / "rq"
+    output = subprocess.run(
+        [str(rq), "info", "-u", redis_url], capture_output=True, text=True, check=True
+    ).stdout
+    assert "indexing" in output
+    assert ".embedded." in output  # the embedded consumer, registered as an RQ worker

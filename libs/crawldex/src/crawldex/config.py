@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="json: one JSON object per line (production); text: for people."
+    )
     migrate_on_start: bool = True
 
     # Jobs.
@@ -80,6 +83,22 @@ class Settings(BaseSettings):
     job_failure_ttl_seconds: int = Field(default=7 * 86400, ge=0)
     index_job_retries: int = Field(default=3, ge=0)
     index_job_retry_intervals: list[int] = Field(default_factory=lambda: [10, 30, 60])
+
+    # Telemetry.
+    metrics_port: int = Field(
+        default=9100,
+        ge=0,
+        le=65535,
+        description="Port of a worker's /metrics (0: none). ingest-api serves its own.",
+    )
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other pods
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces endpoint (http://collector:4318/v1/traces). Unset: no export.",
+    )
+    trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    operation_metrics_enabled: bool = True
+    operation_metrics_retention_days: int = Field(default=30, ge=1)
 
     # Embedded mode (`make dev`): consumers of the queues run inside the ingest-api process.
     embedded_workers: bool = Field(

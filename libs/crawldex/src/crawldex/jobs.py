@@ -7,12 +7,23 @@ raises, so RQ records the failure, retries it and finally keeps it in the failed
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from rq import get_current_job
+
+from crawldex.config import QUEUE_INDEXING
+from crawldex.logs import log_context
 from crawldex.models import PageDocument
+from crawldex.operations import OperationRecord
 from crawldex.services import Services
+from crawldex.telemetry.metrics import JOB_DURATION, JOBS_FAILED, JOBS_FINISHED, JOBS_RETRIED, JOBS_STARTED
+from crawldex.telemetry.tracing import TRACE_META_KEY, extracted_context, tracer
 
 T = TypeVar("T")
 
@@ -37,7 +48,8 @@ class JobLoop:
     def run(self, coroutine: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T:
         limit = None if timeout is None else max(1.0, timeout - self.TIMEOUT_MARGIN_SECONDS)
         try:
-            return self._runner.run(asyncio.wait_for(coroutine, limit))
+            # The job's log and trace context (contextvars) must reach the coroutine.
+            return self._runner.run(asyncio.wait_for(coroutine, limit), context=contextvars.copy_context())
         except BaseException:
             self._cancel_leftovers()
             raise
@@ -85,6 +97,66 @@ def current_runtime() -> WorkerRuntime:
 
 def index_page(page: dict[str, Any]) -> dict[str, Any]:
     runtime = current_runtime()
+    settings = runtime.services.settings
     document = PageDocument.model_validate(page)
-    timeout = runtime.services.settings.index_job_timeout_seconds
-    return runtime.run(runtime.services.pipeline.index(document), timeout=timeout).as_job_result()
+    with _instrumented_job(
+        QUEUE_INDEXING, settings.index_job_retries, runtime, document.url, document.crawl_id
+    ):
+        outcome = runtime.run(
+            runtime.services.pipeline.index(document), timeout=settings.index_job_timeout_seconds
+        )
+    return outcome.as_job_result()
+
+
+@contextmanager
+def _instrumented_job(
+    queue: str, max_retries: int, runtime: WorkerRuntime, url: str | None, crawl_id: str | None
+) -> Iterator[None]:
+    """Metrics, the job's span (continuing the trace that queued it), log context, operation record."""
+    job = get_current_job()
+    job_id = job.id if job is not None else None
+    carrier = job.meta.get(TRACE_META_KEY) if job is not None else None
+    is_retry = job is not None and job.retries_left is not None and job.retries_left < max_retries
+    JOBS_STARTED.labels(queue).inc()
+    if is_retry:
+        JOBS_RETRIED.labels(queue).inc()
+    started = time.perf_counter()
+    error: str | None = None
+    with (
+        extracted_context(carrier if isinstance(carrier, dict) else None),
+        tracer().start_as_current_span(
+            f"job {queue}",
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "rq",
+                "messaging.destination.name": queue,
+                "crawldex.job_id": job_id or "",
+            },
+        ) as span,
+        log_context(job_id=job_id, url=url, crawl_id=crawl_id),
+    ):
+        try:
+            yield
+        except BaseException as exc:
+            error = f"{type(exc).__name__}: {exc}"[:2000]
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, error))
+            JOBS_FAILED.labels(queue).inc()
+            raise
+        else:
+            JOBS_FINISHED.labels(queue).inc()
+        finally:
+            seconds = time.perf_counter() - started
+            JOB_DURATION.labels(queue, "failed" if error else "finished").observe(seconds)
+            runtime.services.operations.record(
+                OperationRecord(
+                    operation_type="job",
+                    operation_name=queue,
+                    duration_ms=seconds * 1000,
+                    success=error is None,
+                    error=error,
+                    document_url=url,
+                    job_id=job_id,
+                    crawl_id=crawl_id,
+                )
+            )

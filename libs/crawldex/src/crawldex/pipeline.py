@@ -16,10 +16,12 @@ from crawldex.cleaning import clean_markdown, content_hash
 from crawldex.db.repository import DocumentRecord, DocumentRepository
 from crawldex.db.tables import DocumentStatus
 from crawldex.keyword import BM25Encoder
+from crawldex.logs import current_context
 from crawldex.models import IndexOutcome, IndexStatus, PageDocument, utc_now
+from crawldex.operations import DiscardOperations, OperationRecord, OperationSink
+from crawldex.telemetry.metrics import CHUNKS_INDEXED, DOCUMENTS_PROCESSED, STAGE_DURATION
+from crawldex.telemetry.tracing import tracer
 from crawldex.urls import canonicalize_url, document_id, domain_of, point_id
-
-STAGES = ("clean", "chunk", "embed", "keyword", "upsert", "record")
 
 
 class DocumentLock(Protocol):
@@ -42,17 +44,40 @@ class LocalDocumentLock:
 
 
 class _Timer:
-    def __init__(self) -> None:
+    """Times the stages of one page: a span, a histogram sample and an operation record each."""
+
+    def __init__(self, operations: OperationSink, page: PageDocument) -> None:
         self.timings: dict[str, float] = {}
         self._start = time.perf_counter()
+        self._operations = operations
+        self._page = page
 
     @asynccontextmanager
     async def stage(self, name: str) -> AsyncIterator[None]:
         started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[name] = round((time.perf_counter() - started) * 1000, 3)
+        error: str | None = None
+        with tracer().start_as_current_span(f"stage {name}", attributes={"crawldex.stage": name}):
+            try:
+                yield
+            except BaseException as exc:
+                error = f"{type(exc).__name__}: {exc}"[:2000]
+                raise
+            finally:
+                seconds = time.perf_counter() - started
+                self.timings[name] = round(seconds * 1000, 3)
+                STAGE_DURATION.labels(name).observe(seconds)
+                self._operations.record(
+                    OperationRecord(
+                        operation_type="stage",
+                        operation_name=name,
+                        duration_ms=seconds * 1000,
+                        success=error is None,
+                        error=error,
+                        document_url=self._page.url,
+                        job_id=current_context().get("job_id"),
+                        crawl_id=self._page.crawl_id,
+                    )
+                )
 
     def total(self) -> dict[str, float]:
         return {**self.timings, "total": round((time.perf_counter() - self._start) * 1000, 3)}
@@ -88,6 +113,7 @@ class IndexingPipeline:
         bm25: BM25Encoder,
         lock: DocumentLock,
         index_signature: str = "",
+        operations: OperationSink | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._chunker = chunker
@@ -98,10 +124,11 @@ class IndexingPipeline:
         self._lock = lock
         self._clock = clock
         self._index_signature = index_signature
+        self._operations: OperationSink = operations or DiscardOperations()
 
     async def index(self, page: PageDocument, *, force: bool = False) -> IndexOutcome:
         """Index ``page``; ``force`` re-embeds even unchanged content (diagnostics)."""
-        timer = _Timer()
+        timer = _Timer(self._operations, page)
         canonical = canonicalize_url(page.url)
         doc_id = document_id(canonical)
         async with timer.stage("clean"):
@@ -116,6 +143,9 @@ class IndexingPipeline:
             )
 
         def outcome(status: IndexStatus, chunk_count: int) -> IndexOutcome:
+            DOCUMENTS_PROCESSED.labels(status.value).inc()
+            if status is IndexStatus.INDEXED:
+                CHUNKS_INDEXED.inc(chunk_count)
             return IndexOutcome(
                 url=page.url,
                 canonical_url=canonical,
@@ -153,9 +183,10 @@ class IndexingPipeline:
                 )
                 for chunk, vector, keyword in zip(chunks, vectors, sparse, strict=True)
             ]
+            # Upsert first, then drop the tail: a reader never sees the document vanish.
             async with timer.stage("upsert"):
-                # Upsert first, then drop the tail: a reader never sees the document vanish.
                 await self._store.upsert(points)
+            async with timer.stage("delete"):
                 await self._store.delete_chunks_from(doc_id, len(points))
             status = DocumentStatus.INDEXED if points else DocumentStatus.EMPTY
             async with timer.stage("record"):

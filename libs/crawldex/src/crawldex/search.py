@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from crawldex.adapters.embedder import Embedder
 from crawldex.adapters.qdrant import PointFilter, ScoredPoint, VectorStore
 from crawldex.keyword import BM25Encoder
+from crawldex.telemetry.metrics import SEARCH_DURATION, SEARCH_RESULTS, SEARCHES
+from crawldex.telemetry.tracing import tracer
 from crawldex.urls import canonicalize_url
 
 
@@ -168,6 +170,19 @@ class SearchService:
 
     async def search(self, request: SearchRequest) -> SearchResponse:
         started = time.perf_counter()
+        mode = request.mode.value
+        with tracer().start_as_current_span("search", attributes={"crawldex.search.mode": mode}):
+            try:
+                response = await self._search(request, started)
+            except BaseException:
+                SEARCHES.labels(mode, "error").inc()
+                raise
+        SEARCHES.labels(mode, "ok").inc()
+        SEARCH_DURATION.labels(mode).observe(time.perf_counter() - started)
+        SEARCH_RESULTS.labels(mode).observe(len(response.results))
+        return response
+
+    async def _search(self, request: SearchRequest, started: float) -> SearchResponse:
         window = request.offset + request.limit
         point_filter = (request.filters or SearchFilters()).to_point_filter()
         want_dense = request.mode in (SearchMode.HYBRID, SearchMode.SEMANTIC)

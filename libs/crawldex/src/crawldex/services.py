@@ -27,8 +27,10 @@ from crawldex.db.migrate import upgrade
 from crawldex.db.repository import CrawlEventRepository, DocumentRepository
 from crawldex.errors import ConfigurationError, DependencyUnavailableError
 from crawldex.keyword import BM25Encoder
+from crawldex.operations import DiscardOperations, OperationWriter
 from crawldex.pipeline import IndexingPipeline
 from crawldex.search import Fusion, SearchDefaults, SearchService
+from crawldex.telemetry.metrics import TEI_RESPONSES
 
 log = logging.getLogger(__name__)
 HEALTH_CHECK_TIMEOUT_SECONDS = 5.0
@@ -56,7 +58,9 @@ def index_signature(settings: Settings, info: EmbedderInfo) -> str:
 
 async def _make_embedder(settings: Settings) -> Embedder:
     if settings.tei_url:
-        return await TEIEmbedder.connect(settings)
+        return await TEIEmbedder.connect(
+            settings, on_response=lambda code: TEI_RESPONSES.labels(str(code)).inc()
+        )
     return await asyncio.to_thread(
         LocalModelEmbedder.load,
         model_name=settings.model_name,
@@ -79,6 +83,7 @@ class Services:
     async_redis: aioredis.Redis
     pipeline: IndexingPipeline
     search: SearchService
+    operations: OperationWriter | DiscardOperations
     owns_shared: bool
     owns_embedder: bool
 
@@ -133,6 +138,15 @@ class Services:
         if migrate if migrate is not None else (settings.migrate_on_start and share_from is None):
             await upgrade(settings.effective_database_url)
         database = Database.connect(settings.effective_database_url)
+        operations: OperationWriter | DiscardOperations
+        if share_from is not None:
+            operations = share_from.operations
+        elif settings.operation_metrics_enabled:
+            operations = OperationWriter(
+                settings.effective_database_url, retention_days=settings.operation_metrics_retention_days
+            )
+        else:
+            operations = DiscardOperations()
         bm25 = BM25Encoder(
             k1=settings.bm25_k1, b=settings.bm25_b, avg_doc_tokens=settings.bm25_avg_doc_tokens
         )
@@ -153,6 +167,7 @@ class Services:
             bm25=bm25,
             lock=lock,
             index_signature=index_signature(settings, info),
+            operations=operations,
         )
         search = SearchService(
             embedder=embedder,
@@ -179,6 +194,7 @@ class Services:
             async_redis=async_redis,
             pipeline=pipeline,
             search=search,
+            operations=operations,
             owns_shared=share_from is None,
             owns_embedder=owns_embedder,
         )
@@ -216,3 +232,4 @@ class Services:
             await self.embedder.aclose()
         if self.owns_shared:
             self.store.close()
+            await asyncio.to_thread(self.operations.close)

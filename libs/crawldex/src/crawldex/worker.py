@@ -13,6 +13,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from prometheus_client import start_http_server
 from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.scheduler import RQScheduler
@@ -23,6 +24,7 @@ from crawldex.adapters.queue import connect_redis
 from crawldex.config import Settings
 from crawldex.jobs import JobLoop, WorkerRuntime, install_runtime
 from crawldex.services import Services
+from crawldex.telemetry.metrics import initialize_label_sets
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +93,17 @@ class EmbeddedWorker(CrawldexWorker):
         super().teardown()  # type: ignore[no-untyped-call]
 
 
+def serve_metrics(settings: Settings) -> None:
+    """A worker's /metrics on its own port (CRAWLDEX_METRICS_PORT; 0: none)."""
+    initialize_label_sets()
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+
+
 def run_worker(settings: Settings, queue_names: Sequence[str], *, kind: str, burst: bool = False) -> None:
     """Run a worker in this (main) thread until SIGTERM/SIGINT: the first finishes the current job."""
+    serve_metrics(settings)
     loop = JobLoop()
     services = loop.run(Services.start(settings, migrate=settings.migrate_on_start))
     runtime = WorkerRuntime(loop, services)

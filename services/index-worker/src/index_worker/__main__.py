@@ -13,6 +13,7 @@ import sys
 from crawldex.config import QUEUE_INDEXING, Settings
 from crawldex.errors import ConfigurationError
 from crawldex.logs import configure_logging
+from crawldex.telemetry.tracing import configure_tracing
 from crawldex.worker import run_worker
 
 
@@ -21,7 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     args = parser.parse_args(argv)
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    configure_tracing(settings, "crawldex-index-worker")
     try:
         run_worker(settings, [QUEUE_INDEXING], kind="index-worker", burst=args.burst)
     except ConfigurationError as exc:

@@ -10,12 +10,14 @@ import uvicorn
 from crawldex.config import Settings
 from crawldex.errors import ConfigurationError
 from crawldex.logs import configure_logging
+from crawldex.telemetry.tracing import configure_tracing
 from ingest_api.app import create_app
 
 
 def main() -> None:
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    configure_tracing(settings, "crawldex-ingest-api")
     try:
         app = create_app(settings)
     except ConfigurationError as exc:

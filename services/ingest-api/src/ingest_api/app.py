@@ -8,15 +8,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from crawldex.adapters.embedder import Embedder
-from crawldex.config import QUEUE_INDEXING, Settings
+from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE, Settings
 from crawldex.errors import ConfigurationError
 from crawldex.services import Services
+from crawldex.telemetry.metrics import initialize_label_sets
+from crawldex.telemetry.queue_metrics import QueueCollector
 from crawldex.worker import EmbeddedConsumer
 from ingest_api.errors import install_error_handlers
 from ingest_api.middleware import BodySizeLimit
-from ingest_api.routers import health, indexing, jobs, search, webhooks
+from ingest_api.routers import health, indexing, jobs, metrics, operations, search, webhooks
+from ingest_api.telemetry import RequestTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,7 @@ def check_settings(settings: Settings) -> None:
 def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastAPI:
     """The app; ``embedder`` hands it a model already loaded in this process (tests, tools)."""
     check_settings(settings)
+    initialize_label_sets()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,6 +50,9 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
             consumer.start()
             log.info("embedded mode: consuming queue %r in this process", QUEUE_INDEXING)
         app.state.services = services
+        app.state.queue_metrics.register(
+            QueueCollector(services.queue.connection, [QUEUE_INDEXING, QUEUE_RESCRAPE])
+        )
         try:
             yield
         finally:
@@ -63,10 +71,25 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
         version="0.1.0",
         description="Webhooks from Firecrawl, the index API, hybrid search and job status.",
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry server spans (used when a tracer provider is configured);
+        # metrics are crawldex's Prometheus ones, and request failures are in crawldex's logs.
+        telemetry={"tracing": True, "metrics": False, "logs": False},
     )
     app.state.settings = settings
+    # The queue collector lives in a registry of this app, not the process's default one: several
+    # apps in one process (tests) must not register the same metric names twice.
+    app.state.queue_metrics = CollectorRegistry()
     install_error_handlers(app)
-    for router in (webhooks.router, indexing.router, jobs.router, search.router, health.router):
+    for router in (
+        webhooks.router,
+        indexing.router,
+        jobs.router,
+        search.router,
+        operations.router,
+        health.router,
+        metrics.router,
+    ):
         app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestTelemetry)  # outermost: it sees every answer, the body limit's 413s included
     return app

@@ -7,12 +7,22 @@ import json
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from crawldex.telemetry.metrics import WEBHOOKS_REJECTED
+
+WEBHOOK_SOURCES = {"/api/webhook/firecrawl": "firecrawl"}
+
 
 class BodyTooLargeError(HTTPException):
     """Raised while the body is read; an HTTPException so FastAPI answers 413, not 'cannot parse body'."""
 
     def __init__(self, max_bytes: int) -> None:
         super().__init__(413, _too_large(max_bytes))
+
+
+def _count_rejected_webhook(scope: Scope) -> None:
+    source = WEBHOOK_SOURCES.get(scope.get("path", ""))
+    if source is not None:
+        WEBHOOKS_REJECTED.labels(source, "body_too_large").inc()
 
 
 def _too_large(max_bytes: int) -> str:
@@ -38,6 +48,7 @@ class BodySizeLimit:
                     await self._reject(send, 400, "Content-Length is not a number")
                     return
                 if declared > self.max_bytes:
+                    _count_rejected_webhook(scope)
                     await self._reject(send, 413, _too_large(self.max_bytes))
                     return
         received = 0
@@ -49,6 +60,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    _count_rejected_webhook(scope)
                     raise BodyTooLargeError(self.max_bytes)
             return message
 

@@ -106,3 +106,38 @@ class HealthResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: Any
+
+
+class OperationRow(BaseModel):
+    id: int
+    timestamp: datetime
+    operation_type: str
+    operation_name: str
+    duration_ms: float
+    success: bool
+    error: str | None
+    document_url: str | None
+    job_id: str | None
+    crawl_id: str | None
+
+
+class OperationSummaryRow(BaseModel):
+    operation_type: str
+    operation_name: str
+    count: int
+    failures: int
+    avg_ms: float
+    p50_ms: float
+    p95_ms: float
+    max_ms: float
+
+
+class OperationsResponse(BaseModel):
+    hours: float
+    total: int = Field(description="Rows matching the filters (all pages)")
+    limit: int
+    offset: int
+    summary: list[OperationSummaryRow] = Field(
+        description="Per operation type and name, over all matching rows"
+    )
+    metrics: list[OperationRow]

@@ -15,7 +15,8 @@ from rq.serializers import JSONSerializer
 from crawldex.adapters.queue import connect_redis
 from crawldex.config import QUEUE_RESCRAPE, Settings
 from crawldex.logs import configure_logging
-from crawldex.worker import CrawldexWorker, worker_name
+from crawldex.telemetry.tracing import configure_tracing
+from crawldex.worker import CrawldexWorker, serve_metrics, worker_name
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,7 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     args = parser.parse_args(argv)
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    configure_tracing(settings, "crawldex-rescrape-worker")
+    serve_metrics(settings)
     connection = connect_redis(settings.redis_url)
     queue = Queue(QUEUE_RESCRAPE, connection=connection, serializer=JSONSerializer)
     worker = CrawldexWorker([queue], connection=connection, name=worker_name("rescrape-worker"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from crawldex.adapters.embedder import EmbedderInfo, Vector
 from crawldex.chunking import bundled_model_dir
 from crawldex.errors import ConfigurationError, EmbedderError
+from crawldex.telemetry.metrics import EMBED_BATCH_SIZE, EMBED_DURATION
 
 SUPPORTED_MODEL = "all-MiniLM-L6-v2"
 BUNDLED_MODEL_ID = f"sentence-transformers/{SUPPORTED_MODEL}"  # also TEI's model_id for this model
@@ -75,12 +77,14 @@ class LocalModelEmbedder:
     def info(self) -> EmbedderInfo:
         return self._info
 
-    def embed_documents_sync(self, texts: Sequence[str]) -> list[Vector]:
+    def embed_documents_sync(self, texts: Sequence[str], purpose: str = "document") -> list[Vector]:
         if not texts:
             return []
         vectors: list[Vector] = []
         for start in range(0, len(texts), self._batch_size):
             batch = list(texts[start : start + self._batch_size])
+            EMBED_BATCH_SIZE.labels("local", purpose).observe(len(batch))
+            started = time.perf_counter()
             try:
                 # Locked per batch, not per page: a search waits for one batch, not a whole page.
                 with self._lock:
@@ -93,6 +97,7 @@ class LocalModelEmbedder:
                     )
             except Exception as exc:  # torch raises many types; the job layer needs one
                 raise EmbedderError(f"in-process model failed: {exc}") from exc
+            EMBED_DURATION.labels("local", purpose).observe(time.perf_counter() - started)
             vectors.extend(row.tolist() for row in rows)
         return vectors
 
@@ -101,7 +106,7 @@ class LocalModelEmbedder:
 
     async def embed_query(self, text: str) -> Vector:
         # all-MiniLM-L6-v2 has no query/document prompts; both go through the same path.
-        return (await self.embed_documents([text]))[0]
+        return (await asyncio.to_thread(self.embed_documents_sync, [text], "query"))[0]
 
     async def health(self) -> None:
         return None

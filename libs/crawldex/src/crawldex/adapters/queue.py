@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import redis
+from opentelemetry.trace import SpanKind
 from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
@@ -20,6 +21,8 @@ from rq.serializers import JSONSerializer
 from crawldex.config import QUEUE_INDEXING, Settings
 from crawldex.errors import DependencyUnavailableError
 from crawldex.models import PageDocument
+from crawldex.telemetry.metrics import JOBS_DEDUPLICATED, JOBS_ENQUEUED
+from crawldex.telemetry.tracing import TRACE_META_KEY, inject_context, tracer
 from crawldex.urls import canonicalize_url
 
 INDEX_JOB = "crawldex.jobs.index_page"
@@ -100,6 +103,18 @@ class JobQueue:
     ) -> EnqueuedJob:
         """Queue ``page``; a repeated ``delivery_id`` for the same page returns the existing job."""
         job_id = index_job_id(page, delivery_id)
+        with tracer().start_as_current_span(
+            f"enqueue {QUEUE_INDEXING}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "rq",
+                "messaging.destination.name": QUEUE_INDEXING,
+                "crawldex.job_id": job_id,
+            },
+        ):
+            return self._enqueue_index(page, job_id, meta)
+
+    def _enqueue_index(self, page: PageDocument, job_id: str, meta: dict[str, Any] | None) -> EnqueuedJob:
         try:
             for _ in range(2):
                 try:
@@ -112,13 +127,15 @@ class JobQueue:
                         result_ttl=self._settings.job_result_ttl_seconds,
                         failure_ttl=self._settings.job_failure_ttl_seconds,
                         retry=self._retry(),
-                        meta=meta or {},
+                        meta={**(meta or {}), TRACE_META_KEY: inject_context()},
                         description=f"index {page.url}",
                     )
+                    JOBS_ENQUEUED.labels(QUEUE_INDEXING).inc()
                     return EnqueuedJob(job_id=job_id, url=page.url, deduplicated=False)
                 except DuplicateJobError:
                     existing = self._fetch(job_id)
                     if existing is not None and existing.get_status(refresh=False) in _PENDING_OR_DONE:
+                        JOBS_DEDUPLICATED.labels(QUEUE_INDEXING).inc()
                         return EnqueuedJob(job_id=job_id, url=page.url, deduplicated=True)
                     # The same delivery once failed for good (or was stopped): sending it again retries it.
                     if existing is not None:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import math
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ import httpx
 from crawldex.adapters.embedder import EmbedderInfo, Vector
 from crawldex.config import Settings
 from crawldex.errors import ConfigurationError, EmbedderError
+from crawldex.telemetry.metrics import EMBED_BATCH_SIZE, EMBED_DURATION
 
 __all__ = ["ResponseHook", "SleepFunction", "TEIEmbedder"]
 
@@ -199,7 +201,11 @@ class TEIEmbedder:
         payload: dict[str, Any] = {"inputs": inputs, "normalize": True, "truncate": truncate}
         if prompt_name is not None:
             payload["prompt_name"] = prompt_name
+        purpose = "query" if truncate else "document"
+        EMBED_BATCH_SIZE.labels("tei", purpose).observe(len(inputs))
+        started = time.perf_counter()
         response = await self._request("POST", "/embed", json=payload)
+        EMBED_DURATION.labels("tei", purpose).observe(time.perf_counter() - started)
         # The dimension is unknown (0) only during the connect-time probe, which measures it.
         dimension = self._info.dimension if self._info is not None else 0
         return _parse_vectors(response, len(inputs), dimension if dimension > 0 else None)

@@ -6,10 +6,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, case, func, select
 
 from crawldex.db.database import Database
-from crawldex.db.tables import CrawlEvent, Document
+from crawldex.db.tables import CrawlEvent, Document, OperationMetric
 
 
 @dataclass(frozen=True)
@@ -105,3 +105,124 @@ class CrawlEventRepository:
                 select(CrawlEvent).where(CrawlEvent.crawl_id == crawl_id).order_by(CrawlEvent.id)
             )
             return list(rows.scalars())
+
+
+@dataclass(frozen=True)
+class OperationSummary:
+    operation_type: str
+    operation_name: str
+    count: int
+    failures: int
+    avg_ms: float
+    p50_ms: float
+    p95_ms: float
+    max_ms: float
+
+
+@dataclass(frozen=True)
+class OperationQuery:
+    since: datetime
+    operation_type: str | None = None
+    operation_name: str | None = None
+    success: bool | None = None
+    crawl_id: str | None = None
+
+
+def _percentile(sorted_values: list[float], fraction: float) -> float:
+    """Linear interpolation between closest ranks (PostgreSQL's percentile_cont)."""
+    if not sorted_values:
+        return 0.0
+    position = fraction * (len(sorted_values) - 1)
+    low = int(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+class OperationMetricsRepository:
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    @staticmethod
+    def _where(query: OperationQuery) -> list[ColumnElement[bool]]:
+        conditions = [OperationMetric.timestamp >= query.since]
+        if query.operation_type is not None:
+            conditions.append(OperationMetric.operation_type == query.operation_type)
+        if query.operation_name is not None:
+            conditions.append(OperationMetric.operation_name == query.operation_name)
+        if query.success is not None:
+            conditions.append(OperationMetric.success.is_(query.success))
+        if query.crawl_id is not None:
+            conditions.append(OperationMetric.crawl_id == query.crawl_id)
+        return conditions
+
+    async def rows(
+        self, query: OperationQuery, *, limit: int, offset: int
+    ) -> tuple[list[OperationMetric], int]:
+        where = self._where(query)
+        async with self._db.session() as session:
+            total = (
+                await session.execute(select(func.count()).select_from(OperationMetric).where(*where))
+            ).scalar_one()
+            result = await session.execute(
+                select(OperationMetric)
+                .where(*where)
+                .order_by(OperationMetric.timestamp.desc(), OperationMetric.id.desc())
+                .limit(limit)
+                .offset(offset)
+            )
+            return list(result.scalars()), int(total)
+
+    async def summary(self, query: OperationQuery) -> list[OperationSummary]:
+        """Count, failures and latency percentiles per (type, name) over every matching row."""
+        where = self._where(query)
+        async with self._db.session() as session:
+            if self._db.engine.dialect.name == "postgresql":
+                p50 = func.percentile_cont(0.5).within_group(OperationMetric.duration_ms)
+                p95 = func.percentile_cont(0.95).within_group(OperationMetric.duration_ms)
+                result = await session.execute(
+                    select(
+                        OperationMetric.operation_type,
+                        OperationMetric.operation_name,
+                        func.count(),
+                        func.sum(case((OperationMetric.success.is_(False), 1), else_=0)),
+                        func.avg(OperationMetric.duration_ms),
+                        p50,
+                        p95,
+                        func.max(OperationMetric.duration_ms),
+                    )
+                    .where(*where)
+                    .group_by(OperationMetric.operation_type, OperationMetric.operation_name)
+                    .order_by(OperationMetric.operation_type, OperationMetric.operation_name)
+                )
+                return [
+                    OperationSummary(t, n, int(c), int(f or 0), float(a), float(m50), float(m95), float(mx))
+                    for t, n, c, f, a, m50, m95, mx in result.all()
+                ]
+            # SQLite (embedded mode) has no percentile_cont: compute from the durations.
+            result = await session.execute(
+                select(
+                    OperationMetric.operation_type,
+                    OperationMetric.operation_name,
+                    OperationMetric.duration_ms,
+                    OperationMetric.success,
+                ).where(*where)
+            )
+            groups: dict[tuple[str, str], list[tuple[float, bool]]] = {}
+            for t, n, duration, ok in result.all():
+                groups.setdefault((t, n), []).append((float(duration), bool(ok)))
+        summaries = []
+        for (t, n), items in sorted(groups.items()):
+            durations = sorted(d for d, _ in items)
+            summaries.append(
+                OperationSummary(
+                    t,
+                    n,
+                    len(items),
+                    sum(1 for _, ok in items if not ok),
+                    sum(durations) / len(durations),
+                    _percentile(durations, 0.5),
+                    _percentile(durations, 0.95),
+                    durations[-1],
+                )
+            )
+        return summaries

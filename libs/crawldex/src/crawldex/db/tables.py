@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Float,
     Integer,
     MetaData,
     String,
@@ -94,3 +95,22 @@ class CrawlEvent(Base):
     url: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
+
+
+class OperationMetric(Base):
+    """One timed operation: a pipeline stage, a whole job. Written in batches, off the job's path."""
+
+    __tablename__ = "operation_metrics"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    timestamp: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    operation_type: Mapped[str] = mapped_column(String(32))
+    operation_name: Mapped[str] = mapped_column(String(64))
+    duration_ms: Mapped[float] = mapped_column(Float)
+    success: Mapped[bool] = mapped_column(Boolean)
+    error: Mapped[str | None] = mapped_column(Text)
+    document_url: Mapped[str | None] = mapped_column(Text)
+    job_id: Mapped[str | None] = mapped_column(String(128))
+    crawl_id: Mapped[str | None] = mapped_column(Text, index=True)

@@ -3,7 +3,7 @@
 Names start with ``crawldex_``; labels take values from small fixed sets (route templates, queue
 names, stage names, status classes), never a URL, a crawl id or anything a sender chooses.
 docs/operations.md is the reference for each metric; the dashboards and alerts in
-deploy/observability/ query them.
+charts/crawldex/files/ query them.
 
 Workers run jobs in their own process (no fork per job), so the default registry is complete in
 every process and no multiprocess mode is needed.
@@ -121,3 +121,34 @@ SEARCH_RESULTS = Histogram(
     ["mode"],
     buckets=(0, 1, 5, 10, 20, 50, 100),
 )
+
+# Queue state, read from Redis at scrape time by `crawldex.telemetry.queue_metrics.QueueCollector`
+# (ingest-api serves it; every replica reports the same values, so dashboards take max by queue):
+#   crawldex_queue_depth{queue}                    jobs waiting (LLEN rq:queue:<name>)
+#   crawldex_queue_oldest_job_age_seconds{queue}   age of the job at the head of the queue (0 if empty)
+#   crawldex_jobs_running{queue}                   jobs in the started registry
+#   crawldex_jobs_scheduled{queue}                 retries waiting for their time
+#   crawldex_jobs_failed_registry{queue}           jobs in the failed registry (failed for good)
+#   crawldex_workers{queue}                        workers listening on the queue
+
+
+def initialize_label_sets(queues: tuple[str, ...] = ("indexing", "rescrape")) -> None:
+    """Create the series of known label values at zero, so `rate` and `increase` see a job's first
+    run, and dashboards show 0 rather than "no data" before the first event."""
+    for queue in queues:
+        for counter in (
+            JOBS_ENQUEUED,
+            JOBS_DEDUPLICATED,
+            JOBS_STARTED,
+            JOBS_FINISHED,
+            JOBS_FAILED,
+            JOBS_RETRIED,
+        ):
+            counter.labels(queue)
+    for stage in ("clean", "chunk", "embed", "keyword", "upsert", "delete", "record"):
+        STAGE_DURATION.labels(stage)
+    for result in ("indexed", "unchanged", "empty", "superseded"):
+        DOCUMENTS_PROCESSED.labels(result)
+    for mode in ("hybrid", "semantic", "keyword"):
+        for outcome in ("ok", "error"):
+            SEARCHES.labels(mode, outcome)

@@ -9,8 +9,11 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response, status
 
 from crawldex.errors import DependencyUnavailableError
+from crawldex.services import Services
+from crawldex.telemetry.metrics import WEBHOOKS_RECEIVED, WEBHOOKS_REJECTED, event_label
 from crawldex.webhooks.firecrawl import (
     SIGNATURE_HEADER,
+    FirecrawlDelivery,
     WebhookRejectedError,
     parse_delivery,
     verify_signature,
@@ -20,6 +23,7 @@ from ingest_api.errors import problem
 from ingest_api.schemas import ErrorResponse, FailedDocument, WebhookResponse
 
 router = APIRouter(prefix="/api/webhook", tags=["webhooks"])
+SOURCE = "firecrawl"
 log = logging.getLogger(__name__)
 
 
@@ -46,6 +50,7 @@ async def firecrawl_webhook(
 ) -> WebhookResponse | Response:
     secret = settings.firecrawl_webhook_secret.get_secret_value() if settings.firecrawl_webhook_secret else ""
     if not secret:
+        WEBHOOKS_REJECTED.labels(SOURCE, "not_configured").inc()
         return problem(
             503, "CRAWLDEX_FIRECRAWL_WEBHOOK_SECRET is not configured; unsigned webhooks are refused"
         )
@@ -54,8 +59,16 @@ async def firecrawl_webhook(
         verify_signature(secret, body, signature)
         delivery = parse_delivery(body)
     except WebhookRejectedError as exc:
+        WEBHOOKS_REJECTED.labels(SOURCE, "signature" if exc.status_code == 401 else "payload").inc()
         return problem(exc.status_code, exc.reason)
+    try:
+        return await _accept(delivery, response, services)
+    except DependencyUnavailableError:
+        WEBHOOKS_REJECTED.labels(SOURCE, "unavailable").inc()
+        raise
 
+
+async def _accept(delivery: FirecrawlDelivery, response: Response, services: Services) -> WebhookResponse:
     job_ids: list[str] = []
     deduplicated = 0
     for page in delivery.pages:
@@ -87,6 +100,7 @@ async def firecrawl_webhook(
     else:
         response.status_code = status.HTTP_200_OK
         result_status = "recorded" if delivery.is_page_event else "acknowledged"
+    WEBHOOKS_RECEIVED.labels(SOURCE, event_label(delivery.event_type)).inc()
     return WebhookResponse(
         status=result_status,
         event=delivery.event_type,

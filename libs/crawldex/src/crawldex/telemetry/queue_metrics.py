@@ -1,0 +1,82 @@
+"""Queue state for Prometheus, read from RQ's standard Redis keys when /metrics is scraped.
+
+Read-only (LLEN, ZCARD, SCARD, HGET): a scrape never changes a registry, unlike some RQ helpers
+that clean up as they count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+
+import redis
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+QUEUE_KEY = "rq:queue:{}"
+STARTED_KEY = "rq:wip:{}"
+SCHEDULED_KEY = "rq:scheduled:{}"
+FAILED_KEY = "rq:failed:{}"
+WORKERS_KEY = "rq:workers:{}"
+JOB_KEY = "rq:job:{}"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _oldest_age_seconds(connection: redis.Redis, queue: str, now: datetime) -> float:
+    head = connection.lindex(QUEUE_KEY.format(queue), 0)
+    if head is None:
+        return 0.0
+    enqueued = connection.hget(JOB_KEY.format(_text(head)), "enqueued_at")
+    if not enqueued:
+        return 0.0
+    try:
+        stamp = datetime.fromisoformat(_text(enqueued).replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    return max(0.0, (now - stamp).total_seconds())
+
+
+class QueueCollector(Collector):
+    def __init__(self, connection: redis.Redis, queues: Sequence[str]) -> None:
+        self._redis = connection
+        self._queues = list(queues)
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        depth = GaugeMetricFamily("crawldex_queue_depth", "Jobs waiting in the queue.", labels=["queue"])
+        age = GaugeMetricFamily(
+            "crawldex_queue_oldest_job_age_seconds",
+            "Age of the oldest waiting job (0 when empty).",
+            labels=["queue"],
+        )
+        running = GaugeMetricFamily("crawldex_jobs_running", "Jobs being worked on.", labels=["queue"])
+        scheduled = GaugeMetricFamily(
+            "crawldex_jobs_scheduled", "Retries waiting for their time.", labels=["queue"]
+        )
+        failed = GaugeMetricFamily(
+            "crawldex_jobs_failed_registry", "Jobs in the failed registry (out of retries).", labels=["queue"]
+        )
+        workers = GaugeMetricFamily("crawldex_workers", "Workers listening on the queue.", labels=["queue"])
+        try:
+            now = datetime.now(UTC)
+            for queue in self._queues:
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.llen(QUEUE_KEY.format(queue))
+                pipe.zcard(STARTED_KEY.format(queue))
+                pipe.zcard(SCHEDULED_KEY.format(queue))
+                pipe.zcard(FAILED_KEY.format(queue))
+                pipe.scard(WORKERS_KEY.format(queue))
+                n_depth, n_running, n_scheduled, n_failed, n_workers = pipe.execute()
+                depth.add_metric([queue], n_depth)
+                age.add_metric([queue], _oldest_age_seconds(self._redis, queue, now))
+                running.add_metric([queue], n_running)
+                scheduled.add_metric([queue], n_scheduled)
+                failed.add_metric([queue], n_failed)
+                workers.add_metric([queue], n_workers)
+        except redis.RedisError:
+            return  # no queue series while Redis is down: absent data, not a misleading zero
+        yield from (depth, age, running, scheduled, failed, workers)

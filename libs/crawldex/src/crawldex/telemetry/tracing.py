@@ -1,0 +1,57 @@
+"""OpenTelemetry tracing: a span per request, per job and per pipeline stage.
+
+The trace context of the request that queued a job travels in the job's meta (W3C traceparent), so
+one trace shows webhook → queue → worker. Without `CRAWLDEX_OTLP_ENDPOINT` nothing is exported and
+the spans cost next to nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+from opentelemetry import context, propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+from crawldex.config import Settings
+
+TRACER_NAME = "crawldex"
+TRACE_META_KEY = "trace"
+
+
+def configure_tracing(settings: Settings, service_name: str) -> None:
+    """Install the process's tracer provider; exports over OTLP/HTTP only when an endpoint is set."""
+    if not settings.otlp_endpoint:
+        return
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service_name, "service.namespace": "crawldex"}),
+        sampler=ParentBased(TraceIdRatioBased(settings.trace_sample_ratio)),
+    )
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otlp_endpoint)))
+    trace.set_tracer_provider(provider)
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer(TRACER_NAME)
+
+
+def inject_context() -> dict[str, str]:
+    """The current trace context as a carrier to put in a job's meta."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+@contextmanager
+def extracted_context(carrier: Mapping[str, str] | None) -> Iterator[None]:
+    """Continue the trace a carrier came from (a job's meta, an HTTP request's headers)."""
+    token = context.attach(propagate.extract(dict(carrier or {})))
+    try:
+        yield
+    finally:
+        context.detach(token)
