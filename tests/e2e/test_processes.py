@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from typing import Any
 
@@ -120,5 +121,11 @@ def test_rescrape_worker_serves_its_queue_and_stops_on_sigterm(
     [registered] = Worker.all(connection=clean_redis)
     assert registered.queue_names() == ["rescrape"]
     assert registered.name.endswith(f".{worker.pid}.rescrape-worker")
+    probe = [str(BIN / "python"), "-m", "crawldex.probe", "--kind", "rescrape-worker"]
+    env = deployment.env("probe")
+    assert (
+        subprocess.run(probe, env=env, capture_output=True, check=False).returncode == 0
+    )  # the liveness probe
     assert worker.stop() == 0
     assert Worker.all(connection=clean_redis) == []
+    assert subprocess.run(probe, env=env, capture_output=True, check=False).returncode == 1
