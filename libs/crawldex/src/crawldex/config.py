@@ -41,6 +41,28 @@ class Settings(BaseSettings):
     tei_document_prompt_name: str | None = None
     data_dir: Path = Path("./data")
 
+    # Change detection and re-fetching.
+    changedetection_token: SecretStr | None = Field(
+        default=None,
+        description="Shared secret changedetection.io sends (X-Crawldex-Token header or ?token=).",
+    )
+    firecrawl_url: str | None = Field(
+        default=None, description="Firecrawl API base URL. Unset: built-in fetcher."
+    )
+    firecrawl_api_key: SecretStr | None = None
+    firecrawl_timeout_ms: int = Field(default=30000, ge=1000, le=300000)
+    fetch_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts or CIDRs the built-in fetcher may reach although private/loopback (e.g. 127.0.0.1).",
+    )
+    fetch_timeout_seconds: float = Field(default=30.0, gt=0)
+    fetch_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    fetch_max_redirects: int = Field(default=5, ge=0, le=20)
+    fetch_user_agent: str = "crawldex/0.1 (+https://github.com/crawldex/crawldex)"
+    rescrape_job_timeout_seconds: int = Field(default=180, ge=1)
+    rescrape_job_retries: int = Field(default=3, ge=0)
+    rescrape_job_retry_intervals: list[int] = Field(default_factory=lambda: [10, 60, 300])
+
     # In-process model and chunking.
     model_name: str = Field(
         default="all-MiniLM-L6-v2", description="In-process model; only the bundled all-MiniLM-L6-v2 ships."
@@ -114,7 +136,7 @@ class Settings(BaseSettings):
             return "postgresql+asyncpg://" + value.split("://", 1)[1]
         return value
 
-    @field_validator("qdrant_url", "tei_url")
+    @field_validator("qdrant_url", "tei_url", "firecrawl_url")
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -17,15 +18,25 @@ from typing import Any, TypeVar
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from rq import get_current_job
 
-from crawldex.config import QUEUE_INDEXING
+from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE
+from crawldex.db.change_events import ChangeEventRepository
+from crawldex.db.tables import ChangeEventStatus
 from crawldex.logs import log_context
-from crawldex.models import PageDocument
-from crawldex.operations import OperationRecord
-from crawldex.services import Services
-from crawldex.telemetry.metrics import JOB_DURATION, JOBS_FAILED, JOBS_FINISHED, JOBS_RETRIED, JOBS_STARTED
+from crawldex.models import IndexOutcome, IndexStatus, PageDocument
+from crawldex.operations import OperationRecord, OperationSink
+from crawldex.services import RescrapeServices, Services
+from crawldex.telemetry.metrics import (
+    JOB_DURATION,
+    JOBS_FAILED,
+    JOBS_FINISHED,
+    JOBS_RETRIED,
+    JOBS_STARTED,
+    STAGE_DURATION,
+)
 from crawldex.telemetry.tracing import TRACE_META_KEY, extracted_context, tracer
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _local = threading.local()
 
@@ -69,17 +80,37 @@ class JobLoop:
 
 
 class WorkerRuntime:
-    """The services of one worker thread, bound to that thread's job loop."""
+    """The services of one worker thread, bound to that thread's job loop: the index services (model,
+    store), the rescrape services (fetcher), or both (the embedded mode's consumer)."""
 
-    def __init__(self, loop: JobLoop, services: Services) -> None:
+    def __init__(
+        self, loop: JobLoop, *, index: Services | None = None, rescrape: RescrapeServices | None = None
+    ) -> None:
         self.loop = loop
-        self.services = services
+        self._index = index
+        self._rescrape = rescrape
+
+    @property
+    def index(self) -> Services:
+        if self._index is None:
+            raise RuntimeError("this worker has no index services: run index jobs on an index-worker")
+        return self._index
+
+    @property
+    def rescrape(self) -> RescrapeServices:
+        if self._rescrape is None:
+            raise RuntimeError("this worker has no rescrape services: run rescrape jobs on a rescrape-worker")
+        return self._rescrape
 
     def run(self, coroutine: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T:
         return self.loop.run(coroutine, timeout=timeout)
 
     def close(self) -> None:
-        self.loop.run(self.services.aclose())
+        if self._rescrape is not None:
+            # An embedded consumer shares the index services' operation writer; close it once.
+            self.loop.run(self._rescrape.aclose(close_operations=self._index is None))
+        if self._index is not None:
+            self.loop.run(self._index.aclose())
         self.loop.close()
 
 
@@ -95,22 +126,128 @@ def current_runtime() -> WorkerRuntime:
     return runtime
 
 
-def index_page(page: dict[str, Any]) -> dict[str, Any]:
+def _is_last_try() -> bool:
+    job = get_current_job()
+    return job is None or not job.retries_left
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:4000]
+
+
+def index_page(page: dict[str, Any], change_event_id: int | None = None) -> dict[str, Any]:
     runtime = current_runtime()
-    settings = runtime.services.settings
+    services = runtime.index
+    settings = services.settings
     document = PageDocument.model_validate(page)
+
+    async def index() -> IndexOutcome:
+        outcome = await services.pipeline.index(document)
+        if change_event_id is not None:
+            changed = outcome.status is not IndexStatus.UNCHANGED
+            await services.change_events.finish(
+                change_event_id, ChangeEventStatus.INDEXED if changed else ChangeEventStatus.UNCHANGED
+            )
+        return outcome
+
     with _instrumented_job(
-        QUEUE_INDEXING, settings.index_job_retries, runtime, document.url, document.crawl_id
+        QUEUE_INDEXING, settings.index_job_retries, services.operations, document.url, document.crawl_id
     ):
-        outcome = runtime.run(
-            runtime.services.pipeline.index(document), timeout=settings.index_job_timeout_seconds
-        )
+        try:
+            outcome = runtime.run(index(), timeout=settings.index_job_timeout_seconds)
+        except BaseException as exc:
+            _fail_change_event(runtime, services.change_events, change_event_id, exc)
+            raise
     return outcome.as_job_result()
+
+
+def remove_page(url: str, change_event_id: int | None = None) -> dict[str, Any]:
+    """A page is gone: its chunks leave the index, its change event ends `gone`."""
+    runtime = current_runtime()
+    services = runtime.index
+
+    async def remove() -> int:
+        removed = await services.pipeline.remove(url)
+        if change_event_id is not None:
+            await services.change_events.finish(change_event_id, ChangeEventStatus.GONE)
+        return removed
+
+    with _instrumented_job(
+        QUEUE_INDEXING, services.settings.index_job_retries, services.operations, url, None
+    ):
+        try:
+            removed = runtime.run(remove(), timeout=services.settings.index_job_timeout_seconds)
+        except BaseException as exc:
+            _fail_change_event(runtime, services.change_events, change_event_id, exc)
+            raise
+    return {"url": url, "status": "gone", "chunks_removed": removed}
+
+
+def rescrape_page(change_event_id: int) -> dict[str, Any]:
+    """Fetch a changed page now, then hand it to the indexing queue (or its removal, if it is gone)."""
+    runtime = current_runtime()
+    services = runtime.rescrape
+    settings = services.settings
+
+    async def rescrape() -> dict[str, Any]:
+        event = await services.change_events.start_fetching(change_event_id)
+        if event is None:
+            raise LookupError(f"change event {change_event_id} does not exist")
+        with tracer().start_as_current_span("stage fetch", attributes={"crawldex.stage": "fetch"}):
+            started = time.perf_counter()
+            try:
+                page = await services.fetcher.fetch(event.url)
+            finally:
+                STAGE_DURATION.labels("fetch").observe(time.perf_counter() - started)
+        if page.gone:
+            job = await asyncio.to_thread(services.queue.enqueue_removal, event.url, change_event_id)
+            await services.change_events.start_indexing(change_event_id, job.job_id)
+            return {
+                "change_event_id": change_event_id,
+                "status": "gone",
+                "http_status": page.status_code,
+                "job_id": job.job_id,
+            }
+        document = PageDocument(
+            url=page.url,
+            markdown=page.markdown,
+            title=page.title,
+            description=page.description,
+            language=page.language,
+            source="rescrape",
+        )
+        job = await asyncio.to_thread(services.queue.enqueue_index, document, change_event_id=change_event_id)
+        await services.change_events.start_indexing(change_event_id, job.job_id)
+        return {
+            "change_event_id": change_event_id,
+            "status": "fetched",
+            "url": page.url,
+            "job_id": job.job_id,
+        }
+
+    with _instrumented_job(QUEUE_RESCRAPE, settings.rescrape_job_retries, services.operations, None, None):
+        try:
+            return runtime.run(rescrape(), timeout=settings.rescrape_job_timeout_seconds)
+        except BaseException as exc:
+            _fail_change_event(runtime, services.change_events, change_event_id, exc)
+            raise
+
+
+def _fail_change_event(
+    runtime: WorkerRuntime, events: ChangeEventRepository, change_event_id: int | None, exc: BaseException
+) -> None:
+    """After the last try, the change event ends `failed` with the error; before it, RQ retries."""
+    if change_event_id is None or not _is_last_try():
+        return
+    try:
+        runtime.run(events.finish(change_event_id, ChangeEventStatus.FAILED, error=_error_text(exc)))
+    except Exception:
+        log.exception("could not mark change event %s failed", change_event_id)
 
 
 @contextmanager
 def _instrumented_job(
-    queue: str, max_retries: int, runtime: WorkerRuntime, url: str | None, crawl_id: str | None
+    queue: str, max_retries: int, operations: OperationSink, url: str | None, crawl_id: str | None
 ) -> Iterator[None]:
     """Metrics, the job's span (continuing the trace that queued it), log context, operation record."""
     job = get_current_job()
@@ -148,7 +285,7 @@ def _instrumented_job(
         finally:
             seconds = time.perf_counter() - started
             JOB_DURATION.labels(queue, "failed" if error else "finished").observe(seconds)
-            runtime.services.operations.record(
+            operations.record(
                 OperationRecord(
                     operation_type="job",
                     operation_name=queue,

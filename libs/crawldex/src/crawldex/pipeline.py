@@ -206,6 +206,39 @@ class IndexingPipeline:
                 )
         return outcome(IndexStatus.INDEXED if points else IndexStatus.EMPTY, len(points))
 
+    async def remove(self, url: str, *, received_at: datetime | None = None) -> int:
+        """The page is gone (404/410, or its sender says removed): delete its chunks, mark its row.
+
+        Returns how many chunks it had. A later delivery of the page indexes it again.
+        """
+        canonical = canonicalize_url(url)
+        doc_id = document_id(canonical)
+        received = received_at or self._clock()
+        timer = _Timer(self._operations, PageDocument(url=url, markdown=""))
+        async with self._lock.hold(str(doc_id)):
+            existing = await self._documents.get(doc_id)
+            if existing is not None and existing.source_received_at > received:
+                return 0  # newer content arrived after the page was reported gone
+            async with timer.stage("delete"):
+                await self._store.delete_chunks_from(doc_id, 0)
+            async with timer.stage("record"):
+                await self._documents.save(
+                    DocumentRecord(
+                        doc_id=doc_id,
+                        canonical_url=canonical,
+                        url=url,
+                        title=existing.title if existing else None,
+                        content_hash="",
+                        chunk_count=0,
+                        status=DocumentStatus.GONE,
+                        crawl_id=existing.crawl_id if existing else None,
+                        indexed_at=self._clock(),
+                        source_received_at=received,
+                    )
+                )
+        DOCUMENTS_PROCESSED.labels("gone").inc()
+        return existing.chunk_count if existing is not None else 0
+
     async def _touch(self, existing: DocumentRecord, page: PageDocument) -> None:
         """Same content again: keep the vectors, move the crawl id and receipt time forward."""
         if page.crawl_id and page.crawl_id != existing.crawl_id and existing.chunk_count:

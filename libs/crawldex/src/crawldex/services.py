@@ -15,13 +15,17 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from crawldex.adapters.embedder import Embedder, EmbedderInfo
+from crawldex.adapters.fetching import PageFetcher
+from crawldex.adapters.firecrawl import FirecrawlScraper
 from crawldex.adapters.local_model import BUNDLED_MODEL_ID, LocalModelEmbedder
 from crawldex.adapters.qdrant import VectorStore
 from crawldex.adapters.queue import JobQueue, connect_redis
 from crawldex.adapters.redis_lock import RedisDocumentLock
 from crawldex.adapters.tei import TEIEmbedder
+from crawldex.adapters.web_fetcher import BuiltinFetcher
 from crawldex.chunking import Chunker, load_tokenizer
 from crawldex.config import Settings
+from crawldex.db.change_events import ChangeEventRepository
 from crawldex.db.database import Database
 from crawldex.db.migrate import upgrade
 from crawldex.db.repository import CrawlEventRepository, DocumentRepository
@@ -79,6 +83,7 @@ class Services:
     database: Database
     documents: DocumentRepository
     crawl_events: CrawlEventRepository
+    change_events: ChangeEventRepository
     queue: JobQueue
     async_redis: aioredis.Redis
     pipeline: IndexingPipeline
@@ -190,6 +195,7 @@ class Services:
             database=database,
             documents=documents,
             crawl_events=CrawlEventRepository(database),
+            change_events=ChangeEventRepository(database),
             queue=JobQueue(connect_redis(settings.redis_url), settings),
             async_redis=async_redis,
             pipeline=pipeline,
@@ -232,4 +238,58 @@ class Services:
             await self.embedder.aclose()
         if self.owns_shared:
             self.store.close()
+            await asyncio.to_thread(self.operations.close)
+
+
+def make_fetcher(settings: Settings) -> PageFetcher:
+    """Firecrawl's scrape API when configured, else the built-in fetcher (with its SSRF guard)."""
+    if settings.firecrawl_url:
+        return FirecrawlScraper.from_settings(settings)
+    return BuiltinFetcher.from_settings(settings)
+
+
+@dataclass
+class RescrapeServices:
+    """What a rescrape job needs: no model, no vector store (only index workers embed and write)."""
+
+    settings: Settings
+    database: Database
+    change_events: ChangeEventRepository
+    queue: JobQueue
+    fetcher: PageFetcher
+    operations: OperationWriter | DiscardOperations
+
+    @classmethod
+    async def start(
+        cls,
+        settings: Settings,
+        *,
+        migrate: bool | None = None,
+        operations: OperationWriter | DiscardOperations | None = None,
+    ) -> RescrapeServices:
+        if migrate if migrate is not None else settings.migrate_on_start:
+            await upgrade(settings.effective_database_url)
+        database = Database.connect(settings.effective_database_url)
+        if operations is None:
+            operations = (
+                OperationWriter(
+                    settings.effective_database_url, retention_days=settings.operation_metrics_retention_days
+                )
+                if settings.operation_metrics_enabled
+                else DiscardOperations()
+            )
+        return cls(
+            settings=settings,
+            database=database,
+            change_events=ChangeEventRepository(database),
+            queue=JobQueue(connect_redis(settings.redis_url), settings),
+            fetcher=make_fetcher(settings),
+            operations=operations,
+        )
+
+    async def aclose(self, *, close_operations: bool = True) -> None:
+        await self.fetcher.aclose()
+        await self.database.dispose()
+        self.queue.connection.close()
+        if close_operations:
             await asyncio.to_thread(self.operations.close)

@@ -21,9 +21,9 @@ from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
 
 from crawldex.adapters.queue import connect_redis
-from crawldex.config import Settings
+from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE, Settings
 from crawldex.jobs import JobLoop, WorkerRuntime, install_runtime
-from crawldex.services import Services
+from crawldex.services import RescrapeServices, Services
 from crawldex.telemetry.metrics import initialize_label_sets
 
 log = logging.getLogger(__name__)
@@ -101,12 +101,21 @@ def serve_metrics(settings: Settings) -> None:
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
 
 
-def run_worker(settings: Settings, queue_names: Sequence[str], *, kind: str, burst: bool = False) -> None:
-    """Run a worker in this (main) thread until SIGTERM/SIGINT: the first finishes the current job."""
+WORKER_QUEUES = {"index-worker": QUEUE_INDEXING, "rescrape-worker": QUEUE_RESCRAPE}
+
+
+def run_worker(settings: Settings, kind: str, *, burst: bool = False) -> None:
+    """Run an index-worker or a rescrape-worker in this (main) thread until SIGTERM/SIGINT; the first
+    signal lets the running job finish. Its services are built once, here, and serve every job."""
     serve_metrics(settings)
+    queue_names = [WORKER_QUEUES[kind]]
     loop = JobLoop()
-    services = loop.run(Services.start(settings, migrate=settings.migrate_on_start))
-    runtime = WorkerRuntime(loop, services)
+    if kind == "index-worker":
+        runtime = WorkerRuntime(
+            loop, index=loop.run(Services.start(settings, migrate=settings.migrate_on_start))
+        )
+    else:
+        runtime = WorkerRuntime(loop, rescrape=loop.run(RescrapeServices.start(settings)))
     install_runtime(runtime)
     connection = connect_redis(settings.redis_url)
     queues = [Queue(name, connection=connection, serializer=JSONSerializer) for name in queue_names]
@@ -142,13 +151,16 @@ class EmbeddedConsumer:
     def _run(self) -> None:
         loop = JobLoop()
         try:
-            services = loop.run(Services.start(self._settings, share_from=self._shared, migrate=False))
+            index = loop.run(Services.start(self._settings, share_from=self._shared, migrate=False))
+            rescrape = loop.run(
+                RescrapeServices.start(self._settings, migrate=False, operations=index.operations)
+            )
         except BaseException as exc:
             self._error = exc
             self._ready.set()
             loop.close()
             return
-        runtime = WorkerRuntime(loop, services)
+        runtime = WorkerRuntime(loop, index=index, rescrape=rescrape)
         install_runtime(runtime)
         connection = connect_redis(self._settings.redis_url)
         queues = [Queue(n, connection=connection, serializer=JSONSerializer) for n in self._queue_names]

@@ -19,7 +19,7 @@ from crawldex.telemetry.queue_metrics import QueueCollector
 from crawldex.worker import EmbeddedConsumer
 from ingest_api.errors import install_error_handlers
 from ingest_api.middleware import BodySizeLimit
-from ingest_api.routers import health, indexing, jobs, metrics, operations, search, webhooks
+from ingest_api.routers import change_events, health, indexing, jobs, metrics, operations, search, webhooks
 from ingest_api.telemetry import RequestTelemetry
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
         services = await Services.start(settings, embedder=embedder)
         consumer: EmbeddedConsumer | None = None
         if settings.embedded_workers:
-            consumer = EmbeddedConsumer(settings, [QUEUE_INDEXING], services)
+            consumer = EmbeddedConsumer(settings, [QUEUE_INDEXING, QUEUE_RESCRAPE], services)
             consumer.start()
             log.info("embedded mode: consuming queue %r in this process", QUEUE_INDEXING)
         app.state.services = services
@@ -86,6 +86,7 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
         jobs.router,
         search.router,
         operations.router,
+        change_events.router,
         health.router,
         metrics.router,
     ):

@@ -9,7 +9,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crawldex.telemetry.metrics import WEBHOOKS_REJECTED
 
-WEBHOOK_SOURCES = {"/api/webhook/firecrawl": "firecrawl"}
+WEBHOOK_SOURCES = {"/api/webhook/firecrawl": "firecrawl", "/api/webhook/changedetection": "changedetection"}
 
 
 class BodyTooLargeError(HTTPException):

@@ -68,6 +68,9 @@ class WebhookResponse(BaseModel):
     job_ids: list[str] = Field(default_factory=list)
     deduplicated_jobs: int = 0
     failed_documents: list[FailedDocument] = Field(default_factory=list)
+    change_event_ids: list[int] = Field(
+        default_factory=list, description="monitor.page: the change events opened"
+    )
 
 
 class TestIndexStep(BaseModel):
@@ -141,3 +144,37 @@ class OperationsResponse(BaseModel):
         description="Per operation type and name, over all matching rows"
     )
     metrics: list[OperationRow]
+
+
+class ChangeWebhookResponse(BaseModel):
+    status: Literal["queued", "coalesced"] = Field(
+        description="coalesced: a not-yet-fetched event for the same watch exists; this notification joined it"
+    )
+    change_event_id: int
+    job_id: str | None
+    url: str
+    watch_uuid: str | None
+
+
+class ChangeEventResponse(BaseModel):
+    id: int
+    source: str
+    watch_uuid: str | None
+    url: str
+    detected_at: datetime | None
+    received_at: datetime
+    status: str = Field(description="queued, fetching, indexing, indexed, unchanged, gone, failed")
+    attempts: int
+    notifications: int
+    rescrape_job_id: str | None
+    index_job_id: str | None
+    error: str | None
+    indexed_at: datetime | None
+    updated_at: datetime
+
+
+class ChangeEventsPage(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    events: list[ChangeEventResponse]

@@ -1,22 +1,20 @@
 """`crawldex-rescrape-worker`: an RQ worker on the `rescrape` queue.
 
-It needs no model and no vector store: rescrape jobs fetch a page and hand it to the `indexing`
-queue. The rescrape jobs themselves arrive with change detection (changedetection.io webhooks);
-until then this worker serves the queue so the deployment, its probes and its scaling are in place.
+It fetches changed pages (Firecrawl's scrape API, or the built-in fetcher) and hands them to the
+`indexing` queue; it needs no model and no vector store. SIGTERM lets the running job finish.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 
-from rq import Queue
-from rq.serializers import JSONSerializer
-
-from crawldex.adapters.queue import connect_redis
-from crawldex.config import QUEUE_RESCRAPE, Settings
+from crawldex.config import Settings
+from crawldex.errors import ConfigurationError
 from crawldex.logs import configure_logging
 from crawldex.telemetry.tracing import configure_tracing
-from crawldex.worker import CrawldexWorker, serve_metrics, worker_name
+from crawldex.worker import run_worker
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,11 +26,11 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
     configure_tracing(settings, "crawldex-rescrape-worker")
-    serve_metrics(settings)
-    connection = connect_redis(settings.redis_url)
-    queue = Queue(QUEUE_RESCRAPE, connection=connection, serializer=JSONSerializer)
-    worker = CrawldexWorker([queue], connection=connection, name=worker_name("rescrape-worker"))
-    worker.work(burst=args.burst, with_scheduler=not args.burst, logging_level=settings.log_level)
+    try:
+        run_worker(settings, "rescrape-worker", burst=args.burst)
+    except ConfigurationError as exc:
+        logging.getLogger("rescrape_worker").error("%s", exc)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ versions for the length of a rollout.
 from __future__ import annotations
 
 import hashlib
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,7 +19,7 @@ from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from crawldex.config import QUEUE_INDEXING, Settings
+from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE, Settings
 from crawldex.errors import DependencyUnavailableError
 from crawldex.models import PageDocument
 from crawldex.telemetry.metrics import JOBS_DEDUPLICATED, JOBS_ENQUEUED
@@ -26,6 +27,8 @@ from crawldex.telemetry.tracing import TRACE_META_KEY, inject_context, tracer
 from crawldex.urls import canonicalize_url
 
 INDEX_JOB = "crawldex.jobs.index_page"
+REMOVE_JOB = "crawldex.jobs.remove_page"
+RESCRAPE_JOB = "crawldex.jobs.rescrape_page"
 _PENDING_OR_DONE = {
     JobStatus.QUEUED,
     JobStatus.STARTED,
@@ -86,63 +89,127 @@ def connect_redis(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30)
 
 
+@dataclass(frozen=True)
+class _JobSpec:
+    queue: str
+    function: str
+    args: tuple[Any, ...]
+    job_id: str
+    timeout: int
+    retries: int
+    intervals: list[int]
+    description: str
+
+
 class JobQueue:
     def __init__(self, connection: redis.Redis, settings: Settings) -> None:
         self.connection = connection
         self._settings = settings
-        self.indexing = Queue(QUEUE_INDEXING, connection=connection, serializer=JSONSerializer)
-
-    def _retry(self) -> Retry | None:
-        retries = self._settings.index_job_retries
-        if retries <= 0:
-            return None
-        return Retry(max=retries, interval=list(self._settings.index_job_retry_intervals))
+        self._queues = {
+            name: Queue(name, connection=connection, serializer=JSONSerializer)
+            for name in (QUEUE_INDEXING, QUEUE_RESCRAPE)
+        }
 
     def enqueue_index(
-        self, page: PageDocument, *, delivery_id: str | None = None, meta: dict[str, Any] | None = None
+        self,
+        page: PageDocument,
+        *,
+        delivery_id: str | None = None,
+        change_event_id: int | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> EnqueuedJob:
-        """Queue ``page``; a repeated ``delivery_id`` for the same page returns the existing job."""
-        job_id = index_job_id(page, delivery_id)
+        """Queue ``page``; a repeated ``delivery_id`` for the same page returns the existing job.
+
+        With ``change_event_id`` the index worker closes that change event when it is done.
+        """
+        settings = self._settings
+        job_id = index_job_id(page, delivery_id if change_event_id is None else f"change-{change_event_id}")
+        spec = _JobSpec(
+            QUEUE_INDEXING,
+            INDEX_JOB,
+            (page.model_dump(mode="json"), change_event_id),
+            job_id,
+            settings.index_job_timeout_seconds,
+            settings.index_job_retries,
+            list(settings.index_job_retry_intervals),
+            f"index {page.url}",
+        )
+        return EnqueuedJob(job_id=job_id, url=page.url, deduplicated=self._enqueue(spec, meta))
+
+    def enqueue_removal(self, url: str, change_event_id: int | None) -> EnqueuedJob:
+        """Queue the removal of a gone page's chunks (the index worker owns the vector store)."""
+        settings = self._settings
+        job_id = f"remove-{change_event_id}" if change_event_id is not None else f"remove-{uuid.uuid4().hex}"
+        spec = _JobSpec(
+            QUEUE_INDEXING,
+            REMOVE_JOB,
+            (url, change_event_id),
+            job_id,
+            settings.index_job_timeout_seconds,
+            settings.index_job_retries,
+            list(settings.index_job_retry_intervals),
+            f"remove {url}",
+        )
+        return EnqueuedJob(job_id=job_id, url=url, deduplicated=self._enqueue(spec, None))
+
+    def enqueue_rescrape(self, change_event_id: int, url: str) -> EnqueuedJob:
+        settings = self._settings
+        job_id = f"rescrape-{change_event_id}"
+        spec = _JobSpec(
+            QUEUE_RESCRAPE,
+            RESCRAPE_JOB,
+            (change_event_id,),
+            job_id,
+            settings.rescrape_job_timeout_seconds,
+            settings.rescrape_job_retries,
+            list(settings.rescrape_job_retry_intervals),
+            f"rescrape {url}",
+        )
+        return EnqueuedJob(job_id=job_id, url=url, deduplicated=self._enqueue(spec, None))
+
+    def _enqueue(self, spec: _JobSpec, meta: dict[str, Any] | None) -> bool:
+        """Put the job on its queue unless the same job id is pending or done; True if it was."""
         with tracer().start_as_current_span(
-            f"enqueue {QUEUE_INDEXING}",
+            f"enqueue {spec.queue}",
             kind=SpanKind.PRODUCER,
             attributes={
                 "messaging.system": "rq",
-                "messaging.destination.name": QUEUE_INDEXING,
-                "crawldex.job_id": job_id,
+                "messaging.destination.name": spec.queue,
+                "crawldex.job_id": spec.job_id,
             },
         ):
-            return self._enqueue_index(page, job_id, meta)
+            try:
+                return self._enqueue_unique(spec, meta)
+            except redis.RedisError as exc:
+                raise DependencyUnavailableError("redis", f"{type(exc).__name__}: {exc}") from exc
 
-    def _enqueue_index(self, page: PageDocument, job_id: str, meta: dict[str, Any] | None) -> EnqueuedJob:
-        try:
-            for _ in range(2):
-                try:
-                    self.indexing.enqueue(
-                        INDEX_JOB,
-                        page.model_dump(mode="json"),
-                        job_id=job_id,
-                        unique=True,
-                        job_timeout=self._settings.index_job_timeout_seconds,
-                        result_ttl=self._settings.job_result_ttl_seconds,
-                        failure_ttl=self._settings.job_failure_ttl_seconds,
-                        retry=self._retry(),
-                        meta={**(meta or {}), TRACE_META_KEY: inject_context()},
-                        description=f"index {page.url}",
-                    )
-                    JOBS_ENQUEUED.labels(QUEUE_INDEXING).inc()
-                    return EnqueuedJob(job_id=job_id, url=page.url, deduplicated=False)
-                except DuplicateJobError:
-                    existing = self._fetch(job_id)
-                    if existing is not None and existing.get_status(refresh=False) in _PENDING_OR_DONE:
-                        JOBS_DEDUPLICATED.labels(QUEUE_INDEXING).inc()
-                        return EnqueuedJob(job_id=job_id, url=page.url, deduplicated=True)
-                    # The same delivery once failed for good (or was stopped): sending it again retries it.
-                    if existing is not None:
-                        existing.delete(remove_from_queue=True)
-            return EnqueuedJob(job_id=job_id, url=page.url, deduplicated=True)
-        except redis.RedisError as exc:
-            raise DependencyUnavailableError("redis", f"{type(exc).__name__}: {exc}") from exc
+    def _enqueue_unique(self, spec: _JobSpec, meta: dict[str, Any] | None) -> bool:
+        retry = Retry(max=spec.retries, interval=spec.intervals) if spec.retries > 0 else None
+        for _ in range(2):
+            try:
+                self._queues[spec.queue].enqueue(
+                    spec.function,
+                    *spec.args,
+                    job_id=spec.job_id,
+                    unique=True,
+                    job_timeout=spec.timeout,
+                    result_ttl=self._settings.job_result_ttl_seconds,
+                    failure_ttl=self._settings.job_failure_ttl_seconds,
+                    retry=retry,
+                    meta={**(meta or {}), TRACE_META_KEY: inject_context()},
+                    description=spec.description,
+                )
+                JOBS_ENQUEUED.labels(spec.queue).inc()
+                return False
+            except DuplicateJobError:
+                existing = self._fetch(spec.job_id)
+                if existing is not None and existing.get_status(refresh=False) in _PENDING_OR_DONE:
+                    JOBS_DEDUPLICATED.labels(spec.queue).inc()
+                    return True
+                # The same delivery once failed for good (or was stopped): sending it again retries it.
+                if existing is not None:
+                    existing.delete(remove_from_queue=True)
+        return True
 
     def _fetch(self, job_id: str) -> Job | None:
         try:

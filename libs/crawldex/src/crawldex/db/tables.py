@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     TypeDecorator,
     Uuid,
     func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -114,3 +116,51 @@ class OperationMetric(Base):
     document_url: Mapped[str | None] = mapped_column(Text)
     job_id: Mapped[str | None] = mapped_column(String(128))
     crawl_id: Mapped[str | None] = mapped_column(Text, index=True)
+
+
+class ChangeEventStatus(enum.StrEnum):
+    QUEUED = "queued"  # waiting for the rescrape worker
+    FETCHING = "fetching"
+    INDEXING = "indexing"  # fetched; waiting for (or in) the index worker
+    INDEXED = "indexed"  # new content is searchable
+    UNCHANGED = "unchanged"  # fetched content equals what the index holds
+    GONE = "gone"  # the page answers 404/410 (or the sender says it was removed); its chunks are removed
+    FAILED = "failed"  # out of retries; `error` says why
+
+
+CHANGE_EVENT_OPEN = (ChangeEventStatus.QUEUED, ChangeEventStatus.FETCHING, ChangeEventStatus.INDEXING)
+
+
+class ChangeEvent(Base):
+    """A change reported for a page (changedetection.io, Firecrawl monitoring) and what became of it."""
+
+    __tablename__ = "change_events"
+    __table_args__ = (
+        # One not-yet-fetched event per watch: a second notification joins it (it will fetch the newest page).
+        Index(
+            "uq_change_events_pending_watch",
+            "watch_key",
+            unique=True,
+            postgresql_where=text("status = 'queued'"),
+            sqlite_where=text("status = 'queued'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    source: Mapped[str] = mapped_column(String(32))
+    watch_uuid: Mapped[str | None] = mapped_column(String(128))
+    watch_key: Mapped[str] = mapped_column(Text)  # watch uuid, else the canonical URL
+    url: Mapped[str] = mapped_column(Text)
+    canonical_url: Mapped[str] = mapped_column(Text, index=True)
+    detected_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    notifications: Mapped[int] = mapped_column(Integer, default=1)
+    rescrape_job_id: Mapped[str | None] = mapped_column(String(128))
+    index_job_id: Mapped[str | None] = mapped_column(String(128))
+    error: Mapped[str | None] = mapped_column(Text)
+    indexed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

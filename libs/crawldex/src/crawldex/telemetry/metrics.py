@@ -89,7 +89,7 @@ STAGE_DURATION = Histogram(
 )
 DOCUMENTS_PROCESSED = Counter(
     "crawldex_documents_processed",
-    "Documents the pipeline handled, by result: indexed, unchanged (skipped), empty, superseded.",
+    "Documents the pipeline handled, by result: indexed, unchanged (skipped), empty, superseded, gone (removed).",
     ["result"],
 )
 CHUNKS_INDEXED = Counter("crawldex_chunks_indexed", "Chunks embedded and written to the vector store.")
@@ -147,7 +147,7 @@ def initialize_label_sets(queues: tuple[str, ...] = ("indexing", "rescrape")) ->
             counter.labels(queue)
     for stage in ("clean", "chunk", "embed", "keyword", "upsert", "delete", "record"):
         STAGE_DURATION.labels(stage)
-    for result in ("indexed", "unchanged", "empty", "superseded"):
+    for result in ("indexed", "unchanged", "empty", "superseded", "gone"):
         DOCUMENTS_PROCESSED.labels(result)
     for mode in ("hybrid", "semantic", "keyword"):
         for outcome in ("ok", "error"):

@@ -18,19 +18,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from crawldex.models import PageDocument, utc_now
+from crawldex.urls import canonicalize_url
+from crawldex.webhooks import WebhookRejectedError
+
+__all__ = ["FirecrawlDelivery", "WebhookRejectedError", "parse_delivery", "sign", "verify_signature"]
 
 SIGNATURE_HEADER = "X-Firecrawl-Signature"
 PAGE_EVENTS = frozenset({"crawl.page", "batch_scrape.page"})
+MONITOR_EVENT = "monitor.page"
+MONITOR_ACTIONS = frozenset({"changed", "removed"})
 _SIGNATURE = re.compile(r"^sha256=([0-9a-fA-F]{64})$")
-
-
-class WebhookRejectedError(Exception):
-    """The delivery is refused; ``status_code`` is the HTTP answer and the message its reason."""
-
-    def __init__(self, status_code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status_code = status_code
-        self.reason = reason
 
 
 def verify_signature(secret: str, body: bytes, header_value: str | None) -> None:
@@ -56,6 +53,14 @@ class FailedPage:
     error: str
 
 
+@dataclass(frozen=True)
+class MonitorChange:
+    """Firecrawl's own change tracking (`monitor.page`): a watched page changed or was removed."""
+
+    url: str
+    status: str  # "changed" or "removed"; other statuses ("same", "new") need nothing
+
+
 @dataclass
 class FirecrawlDelivery:
     event_type: str
@@ -65,6 +70,7 @@ class FirecrawlDelivery:
     error: str | None
     pages: list[PageDocument] = field(default_factory=list)
     failed: list[FailedPage] = field(default_factory=list)
+    monitor_changes: list[MonitorChange] = field(default_factory=list)
 
     @property
     def is_page_event(self) -> bool:
@@ -117,6 +123,9 @@ def parse_delivery(body: bytes, *, received_at: datetime | None = None) -> Firec
         success=success,
         error=error if isinstance(error, str) else (json.dumps(error) if error is not None else None),
     )
+    if delivery.event_type == MONITOR_EVENT:
+        delivery.monitor_changes.extend(_monitor_changes(data))
+        return delivery
     if not delivery.is_page_event:
         return delivery
     received = received_at or utc_now()
@@ -163,3 +172,18 @@ def _read_page(delivery: FirecrawlDelivery, item: Any, position: int, received_a
         delivery.failed.append(FailedPage(url, f"data[{position}] is not indexable: {reasons}"))
         return
     delivery.pages.append(page)
+
+
+def _monitor_changes(data: list[Any]) -> list[MonitorChange]:
+    changes = []
+    for item in data:
+        if not isinstance(item, dict):
+            continue
+        url, status = _text(item.get("url")), _text(item.get("status"))
+        if url and status and status.lower() in MONITOR_ACTIONS:
+            try:
+                canonicalize_url(url)
+            except ValueError:
+                continue
+            changes.append(MonitorChange(url=url, status=status.lower()))
+    return changes

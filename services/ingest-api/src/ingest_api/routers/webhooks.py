@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 
+from crawldex.db.change_events import ChangeEventRecord
+from crawldex.db.tables import ChangeEventStatus
 from crawldex.errors import DependencyUnavailableError
 from crawldex.services import Services
 from crawldex.telemetry.metrics import WEBHOOKS_RECEIVED, WEBHOOKS_REJECTED, event_label
+from crawldex.urls import canonicalize_url
+from crawldex.webhooks.changedetection import TOKEN_HEADER as CHANGEDETECTION_TOKEN_HEADER
+from crawldex.webhooks.changedetection import parse_notification
 from crawldex.webhooks.firecrawl import (
     SIGNATURE_HEADER,
     FirecrawlDelivery,
@@ -20,10 +27,11 @@ from crawldex.webhooks.firecrawl import (
 )
 from ingest_api.deps import ServicesDep, SettingsDep
 from ingest_api.errors import problem
-from ingest_api.schemas import ErrorResponse, FailedDocument, WebhookResponse
+from ingest_api.schemas import ChangeWebhookResponse, ErrorResponse, FailedDocument, WebhookResponse
 
 router = APIRouter(prefix="/api/webhook", tags=["webhooks"])
 SOURCE = "firecrawl"
+CHANGEDETECTION = "changedetection"
 log = logging.getLogger(__name__)
 
 
@@ -80,6 +88,20 @@ async def _accept(delivery: FirecrawlDelivery, response: Response, services: Ser
         )
         job_ids.append(enqueued.job_id)
         deduplicated += enqueued.deduplicated
+    change_event_ids: list[int] = []
+    for change in delivery.monitor_changes:
+        event, job_id, _ = await _open_change(
+            services,
+            source="firecrawl-monitor",
+            url=change.url,
+            canonical_url=canonicalize_url(change.url),
+            watch_uuid=None,
+            detected_at=None,
+            removed=change.status == "removed",
+        )
+        change_event_ids.append(event.id)
+        if job_id:
+            job_ids.append(job_id)
     if delivery.failed or not delivery.is_page_event:
         try:
             await services.crawl_events.record(
@@ -109,4 +131,96 @@ async def _accept(delivery: FirecrawlDelivery, response: Response, services: Ser
         job_ids=job_ids,
         deduplicated_jobs=deduplicated,
         failed_documents=[FailedDocument(url=f.url, error=f.error) for f in delivery.failed],
+        change_event_ids=change_event_ids,
     )
+
+
+@router.post(
+    "/changedetection",
+    response_model=ChangeWebhookResponse,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        400: {"model": ErrorResponse},
+        401: {"model": ErrorResponse},
+        413: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+        503: {"model": ErrorResponse},
+    },
+    summary="Receive a changedetection.io notification (post:// JSON template or json:// envelope)",
+)
+async def changedetection_webhook(
+    request: Request,
+    services: ServicesDep,
+    settings: SettingsDep,
+    token_header: Annotated[str | None, Header(alias=CHANGEDETECTION_TOKEN_HEADER)] = None,
+    token: Annotated[
+        str | None, Query(max_length=512, description="The shared secret, if not in the header")
+    ] = None,
+    format: Annotated[
+        str | None, Query(max_length=16, description="Appended by changedetection.io's post://")
+    ] = None,
+) -> ChangeWebhookResponse | Response:
+    expected = settings.changedetection_token.get_secret_value() if settings.changedetection_token else ""
+    if not expected:
+        WEBHOOKS_REJECTED.labels(CHANGEDETECTION, "not_configured").inc()
+        return problem(503, "CRAWLDEX_CHANGEDETECTION_TOKEN is not configured; notifications are refused")
+    provided = token_header or token or ""
+    if not hmac.compare_digest(provided.encode(), expected.encode()):
+        WEBHOOKS_REJECTED.labels(CHANGEDETECTION, "signature").inc()
+        return problem(401, f"missing or wrong {CHANGEDETECTION_TOKEN_HEADER} header (or token parameter)")
+    try:
+        notification = parse_notification(await request.body())
+    except WebhookRejectedError as exc:
+        WEBHOOKS_REJECTED.labels(CHANGEDETECTION, "payload").inc()
+        return problem(exc.status_code, exc.reason)
+    try:
+        event, job_id, joined = await _open_change(
+            services,
+            source=CHANGEDETECTION,
+            url=notification.url,
+            canonical_url=notification.canonical_url,
+            watch_uuid=notification.watch_uuid,
+            detected_at=notification.detected_at,
+            removed=False,
+        )
+    except DependencyUnavailableError:
+        WEBHOOKS_REJECTED.labels(CHANGEDETECTION, "unavailable").inc()
+        raise
+    WEBHOOKS_RECEIVED.labels(CHANGEDETECTION, "change").inc()
+    return ChangeWebhookResponse(
+        status="coalesced" if joined else "queued",
+        change_event_id=event.id,
+        job_id=job_id,
+        url=event.url,
+        watch_uuid=event.watch_uuid,
+    )
+
+
+async def _open_change(
+    services: Services,
+    *,
+    source: str,
+    url: str,
+    canonical_url: str,
+    watch_uuid: str | None,
+    detected_at: datetime | None,
+    removed: bool,
+) -> tuple[ChangeEventRecord, str | None, bool]:
+    """Record the change and queue its work: a rescrape, or (for a page reported removed) its removal."""
+    event, joined = await services.change_events.open(
+        source=source,
+        watch_uuid=watch_uuid,
+        url=url,
+        canonical_url=canonical_url,
+        detected_at=detected_at,
+        status=ChangeEventStatus.INDEXING if removed else ChangeEventStatus.QUEUED,
+    )
+    if joined:
+        return event, event.rescrape_job_id, True
+    if removed:
+        job = await asyncio.to_thread(services.queue.enqueue_removal, url, event.id)
+        await services.change_events.start_indexing(event.id, job.job_id)
+    else:
+        job = await asyncio.to_thread(services.queue.enqueue_rescrape, event.id, url)
+        await services.change_events.set_rescrape_job(event.id, job.job_id)
+    return event, job.job_id, False

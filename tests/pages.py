@@ -1,0 +1,53 @@
+"""A real HTTP server of test pages on 127.0.0.1, whose content and status the test changes at will."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class PageSite:
+    base_url: str
+    pages: dict[str, tuple[int, str]] = field(default_factory=dict)
+    hits: dict[str, int] = field(default_factory=dict)
+
+    def set(self, path: str, body: str, status: int = 200) -> str:
+        self.pages[path] = (status, body)
+        return self.base_url + path
+
+    @staticmethod
+    def html(title: str, body: str) -> str:
+        return f"<html lang='en'><head><title>{title}</title></head><body><main>{body}</main></body></html>"
+
+
+@contextmanager
+def serve_pages() -> Iterator[PageSite]:
+    site = PageSite(base_url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            site.hits[self.path] = site.hits.get(self.path, 0) + 1
+            status, body = site.pages.get(self.path, (404, "<html><body>Not Found</body></html>"))
+            data = body.encode("utf-8")
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    site.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield site
+    finally:
+        server.shutdown()
+        server.server_close()
