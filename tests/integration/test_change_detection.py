@@ -261,3 +261,22 @@ def test_plain_text_notification(client: TestClient, site: PageSite) -> None:
     assert response.status_code == 202, response.text
     assert response.json()["url"] == url
     assert wait_for_event(client, response.json()["change_event_id"])["status"] == "indexed"
+
+
+def test_redis_down_fails_the_event_instead_of_leaving_it_queued(
+    settings: Settings, embedder: LocalModelEmbedder
+) -> None:
+    down = settings.model_copy(
+        update={"redis_url": "redis://127.0.0.1:1/0", "changedetection_token": SecretStr(TOKEN)}
+    )
+    with TestClient(create_app(down, embedder=embedder)) as client:
+        body = {"url": "https://example.org/a", "uuid": "11111111-2222-4333-8444-555555555555"}
+        response = notify(client, body)
+        assert response.status_code == 503
+        assert response.headers["Retry-After"]
+        events = client.get("/api/change-events", headers=AUTH).json()["events"]
+        assert [e["status"] for e in events] == ["failed"]
+        assert "could not queue" in events[0]["error"]
+        # The next notification for the watch gets an event of its own (it is not joined to a dead one).
+        assert notify(client, body).status_code == 503
+        assert client.get("/api/change-events", headers=AUTH).json()["total"] == 2

@@ -217,10 +217,19 @@ async def _open_change(
     )
     if joined:
         return event, event.rescrape_job_id, True
+    try:
+        if removed:
+            job = await asyncio.to_thread(services.queue.enqueue_removal, url, event.id)
+        else:
+            job = await asyncio.to_thread(services.queue.enqueue_rescrape, event.id, url)
+    except DependencyUnavailableError as exc:
+        # No job will ever close this event: end it now, or the watch's next notifications would join it.
+        await services.change_events.finish(
+            event.id, ChangeEventStatus.FAILED, error=f"could not queue: {exc}"
+        )
+        raise
     if removed:
-        job = await asyncio.to_thread(services.queue.enqueue_removal, url, event.id)
         await services.change_events.start_indexing(event.id, job.job_id)
     else:
-        job = await asyncio.to_thread(services.queue.enqueue_rescrape, event.id, url)
         await services.change_events.set_rescrape_job(event.id, job.job_id)
     return event, job.job_id, False
