@@ -78,7 +78,10 @@ def database_url() -> Iterator[str]:
 def fresh_database(database_url: str) -> str:
     """The test database with empty tables: each test gets a fresh vector store, so the rows must go too."""
     asyncio.run(
-        _admin("TRUNCATE documents, crawl_events, operation_metrics", database_url.replace("+asyncpg", ""))
+        _admin(
+            "TRUNCATE documents, crawl_events, operation_metrics, change_events",
+            database_url.replace("+asyncpg", ""),
+        )
     )
     return database_url
 

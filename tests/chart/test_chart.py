@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,10 @@ import yaml  # type: ignore[import-untyped]
 from tests.chart.conftest import CHART, ROOT, Obj, Render, RenderError, find, one, pod_spec
 
 WORKERS = {"index-worker": "indexing", "rescrape-worker": "rescrape"}
+TIMEOUTS = {
+    "index-worker": "CRAWLDEX_INDEX_JOB_TIMEOUT_SECONDS",
+    "rescrape-worker": "CRAWLDEX_RESCRAPE_JOB_TIMEOUT_SECONDS",
+}
 GPU = "nvidia.com/gpu"
 
 
@@ -109,11 +114,11 @@ def test_a_tei_model_without_its_tokenizer_is_refused(render: Render) -> None:
 
 def test_each_worker_has_a_scaledobject_on_its_own_queue(render: Render) -> None:
     objects = render("default-values.yaml")
-    timeout = int(config_data(objects)["CRAWLDEX_INDEX_JOB_TIMEOUT_SECONDS"])
     scaled = find(objects, "ScaledObject")
     assert len(scaled) == len(WORKERS)
     for component, queue in WORKERS.items():
         name = f"crawldex-{component}"
+        timeout = int(config_data(objects)[TIMEOUTS[component]])
         so = one(objects, "ScaledObject", name)
         assert so["apiVersion"] == "keda.sh/v1alpha1"
         assert so["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
@@ -145,19 +150,23 @@ def test_each_worker_has_a_scaledobject_on_its_own_queue(render: Render) -> None
     ]
 
 
-def test_grace_period_follows_the_job_timeout(render: Render) -> None:
-    objects = render(values={"config": {"indexJobTimeoutSeconds": 1800}})
-    assert config_data(objects)["CRAWLDEX_INDEX_JOB_TIMEOUT_SECONDS"] == "1800"
-    for component in WORKERS:
-        assert (
-            pod_spec(one(objects, "Deployment", f"crawldex-{component}"))["terminationGracePeriodSeconds"]
-            == 1860
-        )
+def test_grace_period_follows_each_workers_job_timeout(render: Render) -> None:
+    objects = render(values={"config": {"indexJobTimeoutSeconds": 1800, "rescrapeJobTimeoutSeconds": 300}})
+    data = config_data(objects)
+    assert (data["CRAWLDEX_INDEX_JOB_TIMEOUT_SECONDS"], data["CRAWLDEX_RESCRAPE_JOB_TIMEOUT_SECONDS"]) == (
+        "1800",
+        "300",
+    )
+    for component, grace in (("index-worker", 1860), ("rescrape-worker", 360)):
+        spec = pod_spec(one(objects, "Deployment", f"crawldex-{component}"))
+        assert spec["terminationGracePeriodSeconds"] == grace
 
 
 def test_a_grace_period_not_above_the_job_timeout_is_refused(render: Render) -> None:
     with pytest.raises(RenderError, match=r"must exceed config\.indexJobTimeoutSeconds"):
         render(values={"indexWorker": {"terminationGracePeriodSeconds": 600}})
+    with pytest.raises(RenderError, match=r"must exceed config\.rescrapeJobTimeoutSeconds"):
+        render(values={"rescrapeWorker": {"terminationGracePeriodSeconds": 120}})
 
 
 def test_prometheus_option_scales_on_queued_plus_running_jobs(render: Render) -> None:
@@ -208,6 +217,8 @@ SECRET_VALUES = {
     "firecrawlWebhookSecret": "whsec-Hy7Tq2Pz5Rk8Lm3",
     "qdrantApiKey": "qdrant-Jd4Fs9Gh2Kl7Mn5",
     "hfToken": "hf-Xc3Vb8Nm1Qw6Er4Ty",
+    "changedetectionToken": "cd-Po9Iu8Yt7Re6Wq5",
+    "firecrawlApiKey": "fc-Lk4Jh3Gf2Ds1Az0",
 }
 
 
@@ -402,3 +413,31 @@ def test_k8s_manifests_match_a_fresh_render(helm: str, tmp_path: Path) -> None:
         assert (tmp_path / rel).read_text() == (committed / rel).read_text(), (
             f"k8s/{rel} is stale: run `make k8s`"
         )
+
+
+# ---- Documentation ----
+
+
+def _leaves(node: Any, prefix: str = "") -> list[str]:
+    if isinstance(node, dict) and node:
+        return [leaf for key, value in node.items() for leaf in _leaves(value, f"{prefix}{key}.")]
+    return [prefix.rstrip(".")]
+
+
+def test_every_value_is_in_the_readme_table() -> None:
+    documented: set[str] = set()
+    for line in (CHART / "README.md").read_text().splitlines():
+        if not line.startswith("| `"):
+            continue
+        items = re.findall(r"`([^`]+)`", line.split("|")[1])
+        base = items[0]
+        keys = {base} | {base.rsplit(".", 1)[0] + item for item in items[1:] if item.startswith(".")}
+        for key in keys:
+            documented |= {key.replace("<worker>", w) for w in ("indexWorker", "rescrapeWorker")}
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    missing = [
+        leaf
+        for leaf in _leaves(values)
+        if not any(leaf == key or leaf.startswith(key + ".") for key in documented)
+    ]
+    assert not missing, f"values missing from charts/crawldex/README.md: {missing}"

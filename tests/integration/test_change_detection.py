@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -14,6 +15,9 @@ from pydantic import SecretStr
 
 from crawldex.adapters.local_model import LocalModelEmbedder
 from crawldex.config import Settings
+from crawldex.db.tables import ChangeEventStatus
+from crawldex.models import PageDocument, utc_now
+from crawldex.services import Services
 from ingest_api.app import create_app
 from tests.integration.test_api import AUTH, post_webhook, search, wait_for_job
 from tests.pages import PageSite, serve_pages
@@ -184,17 +188,15 @@ def test_fetch_failure_ends_failed_after_retries(client: TestClient, site: PageS
 def test_blocked_address_fails_without_fetching(
     settings: Settings, embedder: LocalModelEmbedder, site: PageSite
 ) -> None:
+    # Retries are configured, but a blocked address is a permanent failure: one attempt, then failed.
     configured = settings.model_copy(
-        update={
-            "embedded_workers": True,
-            "changedetection_token": SecretStr(TOKEN),
-            "rescrape_job_retries": 0,
-        }
+        update={"embedded_workers": True, "changedetection_token": SecretStr(TOKEN)}
     )
     url = site.set("/secret", site.html("Secret", "<p>internal</p>"))
     with TestClient(create_app(configured, embedder=embedder)) as client:
         event = wait_for_event(client, notify(client, {"url": url}).json()["change_event_id"])
     assert event["status"] == "failed"
+    assert event["attempts"] == 1
     assert "127.0.0.1" in event["error"]
     assert site.hits.get("/secret", 0) == 0
 
@@ -280,3 +282,43 @@ def test_redis_down_fails_the_event_instead_of_leaving_it_queued(
         # The next notification for the watch gets an event of its own (it is not joined to a dead one).
         assert notify(client, body).status_code == 503
         assert client.get("/api/change-events", headers=AUTH).json()["total"] == 2
+
+
+async def test_a_finished_event_is_never_reopened(services: Services) -> None:
+    events = services.change_events
+    event, _ = await events.open(
+        source="changedetection",
+        watch_uuid=None,
+        url="https://example.org/p",
+        canonical_url="https://example.org/p",
+        detected_at=None,
+    )
+    assert (await events.start_fetching(event.id)).status == "fetching"  # type: ignore[union-attr]
+    assert await events.finish(event.id, ChangeEventStatus.INDEXED)
+    await events.start_indexing(event.id, "late-job")  # a step that arrives after the end changes nothing
+    assert not await events.finish(event.id, ChangeEventStatus.FAILED, error="late")
+    again = await events.start_fetching(event.id)
+    assert again is not None
+    assert again.status == "indexed"
+    final = await events.get(event.id)
+    assert final is not None
+    assert (final.status, final.index_job_id, final.error, final.attempts) == ("indexed", None, None, 1)
+
+
+async def test_a_late_removal_keeps_newer_content(services: Services) -> None:
+    url = "https://example.org/back"
+    seen_gone = utc_now()
+    await services.pipeline.index(
+        PageDocument(
+            url=url, markdown="the page came back with otters", received_at=seen_gone + timedelta(seconds=5)
+        )
+    )
+    assert await services.pipeline.remove(url, received_at=seen_gone) == 0
+    assert await services.store.count() == 1
+    # And an index job older than the removal does not bring a removed page back.
+    await services.pipeline.remove(url, received_at=seen_gone + timedelta(seconds=10))
+    stale = await services.pipeline.index(
+        PageDocument(url=url, markdown="stale crawl", received_at=seen_gone + timedelta(seconds=7))
+    )
+    assert stale.status.value == "superseded"
+    assert await services.store.count() == 0

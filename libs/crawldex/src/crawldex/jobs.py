@@ -13,16 +13,20 @@ import threading
 import time
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
+from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from rq import get_current_job
 
+from crawldex.adapters.fetching import FetchError
+from crawldex.adapters.queue import change_delivery_id, index_job_id, removal_job_id
 from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE
 from crawldex.db.change_events import ChangeEventRepository
 from crawldex.db.tables import ChangeEventStatus
 from crawldex.logs import log_context
-from crawldex.models import IndexOutcome, IndexStatus, PageDocument
+from crawldex.models import IndexOutcome, IndexStatus, PageDocument, utc_now
 from crawldex.operations import OperationRecord, OperationSink
 from crawldex.services import RescrapeServices, Services
 from crawldex.telemetry.metrics import (
@@ -126,6 +130,17 @@ def current_runtime() -> WorkerRuntime:
     return runtime
 
 
+def _clip(value: str | None, limit: int) -> str | None:
+    return value[:limit] if value else value
+
+
+def _no_more_retries() -> None:
+    """Make this run the last: RQ reads `retries_left` of the job it is performing when the job fails."""
+    job = get_current_job()
+    if job is not None:
+        job.retries_left = 0
+
+
 def _is_last_try() -> bool:
     job = get_current_job()
     return job is None or not job.retries_left
@@ -144,7 +159,8 @@ def index_page(page: dict[str, Any], change_event_id: int | None = None) -> dict
     async def index() -> IndexOutcome:
         outcome = await services.pipeline.index(document)
         if change_event_id is not None:
-            changed = outcome.status is not IndexStatus.UNCHANGED
+            # Superseded: newer content was indexed meanwhile, so this change brought nothing new.
+            changed = outcome.status in (IndexStatus.INDEXED, IndexStatus.EMPTY)
             await services.change_events.finish(
                 change_event_id, ChangeEventStatus.INDEXED if changed else ChangeEventStatus.UNCHANGED
             )
@@ -161,13 +177,17 @@ def index_page(page: dict[str, Any], change_event_id: int | None = None) -> dict
     return outcome.as_job_result()
 
 
-def remove_page(url: str, change_event_id: int | None = None) -> dict[str, Any]:
-    """A page is gone: its chunks leave the index, its change event ends `gone`."""
+def remove_page(
+    url: str, change_event_id: int | None = None, received_at: str | None = None
+) -> dict[str, Any]:
+    """A page is gone: its chunks leave the index, its change event ends `gone`. ``received_at`` is when
+    it was seen gone: content indexed after that is newer, and stays."""
     runtime = current_runtime()
     services = runtime.index
+    seen_gone = datetime.fromisoformat(received_at) if received_at else None
 
     async def remove() -> int:
-        removed = await services.pipeline.remove(url)
+        removed = await services.pipeline.remove(url, received_at=seen_gone)
         if change_event_id is not None:
             await services.change_events.finish(change_event_id, ChangeEventStatus.GONE)
         return removed
@@ -193,37 +213,49 @@ def rescrape_page(change_event_id: int) -> dict[str, Any]:
         event = await services.change_events.start_fetching(change_event_id)
         if event is None:
             raise LookupError(f"change event {change_event_id} does not exist")
+        if (
+            event.status != ChangeEventStatus.FETCHING
+        ):  # already ended (a repeated or late job): nothing to do
+            return {"change_event_id": change_event_id, "status": event.status}
+        # The content is as new as the moment the fetch starts, not the moment it returns: a slow fetch
+        # of an older version must not win against a faster, newer one.
+        fetch_started = utc_now()
         with tracer().start_as_current_span("stage fetch", attributes={"crawldex.stage": "fetch"}):
             started = time.perf_counter()
             try:
                 page = await services.fetcher.fetch(event.url)
+            except FetchError as exc:
+                if not exc.retryable:
+                    _no_more_retries()  # a permanent failure (blocked address, 4xx, too large): fail now
+                raise
             finally:
                 STAGE_DURATION.labels("fetch").observe(time.perf_counter() - started)
+        queue = services.queue
         if page.gone:
-            job = await asyncio.to_thread(services.queue.enqueue_removal, event.url, change_event_id)
-            await services.change_events.start_indexing(change_event_id, job.job_id)
+            job_id = removal_job_id(change_event_id)
+            await services.change_events.start_indexing(change_event_id, job_id)
+            removal = partial(queue.enqueue_removal, received_at=fetch_started)
+            await asyncio.to_thread(removal, event.url, change_event_id)
             return {
                 "change_event_id": change_event_id,
                 "status": "gone",
                 "http_status": page.status_code,
-                "job_id": job.job_id,
+                "job_id": job_id,
             }
         document = PageDocument(
             url=page.url,
             markdown=page.markdown,
-            title=page.title,
-            description=page.description,
-            language=page.language,
+            title=_clip(page.title, 4096),
+            description=_clip(page.description, 16384),
+            language=_clip(page.language, 64),
             source="rescrape",
+            received_at=fetch_started,
         )
-        job = await asyncio.to_thread(services.queue.enqueue_index, document, change_event_id=change_event_id)
-        await services.change_events.start_indexing(change_event_id, job.job_id)
-        return {
-            "change_event_id": change_event_id,
-            "status": "fetched",
-            "url": page.url,
-            "job_id": job.job_id,
-        }
+        # Recorded before the job is queued: the index job may finish (and close the event) at once.
+        job_id = index_job_id(document, change_delivery_id(change_event_id))
+        await services.change_events.start_indexing(change_event_id, job_id)
+        await asyncio.to_thread(queue.enqueue_index, document, change_event_id=change_event_id)
+        return {"change_event_id": change_event_id, "status": "fetched", "url": page.url, "job_id": job_id}
 
     with _instrumented_job(QUEUE_RESCRAPE, settings.rescrape_job_retries, services.operations, None, None):
         try:

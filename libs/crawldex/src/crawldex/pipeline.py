@@ -158,12 +158,17 @@ class IndexingPipeline:
 
         async with self._lock.hold(str(doc_id)):
             existing = await self._documents.get(doc_id)
-            if existing is not None and existing.status != DocumentStatus.GONE and not force:
-                if existing.source_received_at > page.received_at:
-                    return outcome(IndexStatus.SUPERSEDED, existing.chunk_count)
-                if existing.content_hash == digest:
-                    await self._touch(existing, page)
-                    return outcome(IndexStatus.UNCHANGED, existing.chunk_count)
+            # Older than what the index already reflects (newer content, or the page seen gone later).
+            if existing is not None and existing.source_received_at > page.received_at and not force:
+                return outcome(IndexStatus.SUPERSEDED, existing.chunk_count)
+            if (
+                existing is not None
+                and existing.content_hash == digest
+                and existing.status != DocumentStatus.GONE
+                and not force
+            ):
+                await self._touch(existing, page)
+                return outcome(IndexStatus.UNCHANGED, existing.chunk_count)
 
             async with timer.stage("chunk"):
                 chunks = await asyncio.to_thread(self._chunker.chunk, cleaned)

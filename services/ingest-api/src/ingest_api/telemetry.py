@@ -17,6 +17,7 @@ from crawldex.telemetry.metrics import HTTP_DURATION, HTTP_REQUESTS
 
 REQUEST_ID_HEADER = b"x-request-id"
 _SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED_ROUTE = "unmatched"  # never the raw path: a label must not take values a client chooses
 
 
@@ -31,7 +32,7 @@ class RequestTelemetry:
         headers = dict(scope.get("headers", []))
         incoming = headers.get(REQUEST_ID_HEADER, b"")
         request_id = incoming.decode() if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        method = scope["method"]
+        method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
         status_code = 500
         started = time.perf_counter()
 

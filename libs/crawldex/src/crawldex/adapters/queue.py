@@ -21,7 +21,7 @@ from rq.serializers import JSONSerializer
 
 from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE, Settings
 from crawldex.errors import DependencyUnavailableError
-from crawldex.models import PageDocument
+from crawldex.models import PageDocument, utc_now
 from crawldex.telemetry.metrics import JOBS_DEDUPLICATED, JOBS_ENQUEUED
 from crawldex.telemetry.tracing import TRACE_META_KEY, inject_context, tracer
 from crawldex.urls import canonicalize_url
@@ -85,6 +85,15 @@ def index_job_id(page: PageDocument, delivery_id: str | None) -> str:
     return f"index-{digest.hexdigest()[:40]}"
 
 
+def change_delivery_id(change_event_id: int) -> str:
+    """The delivery id of the index job a change event's rescrape queues."""
+    return f"change-{change_event_id}"
+
+
+def removal_job_id(change_event_id: int) -> str:
+    return f"remove-{change_event_id}"
+
+
 def connect_redis(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30)
 
@@ -123,7 +132,9 @@ class JobQueue:
         With ``change_event_id`` the index worker closes that change event when it is done.
         """
         settings = self._settings
-        job_id = index_job_id(page, delivery_id if change_event_id is None else f"change-{change_event_id}")
+        job_id = index_job_id(
+            page, delivery_id if change_event_id is None else change_delivery_id(change_event_id)
+        )
         spec = _JobSpec(
             QUEUE_INDEXING,
             INDEX_JOB,
@@ -136,14 +147,22 @@ class JobQueue:
         )
         return EnqueuedJob(job_id=job_id, url=page.url, deduplicated=self._enqueue(spec, meta))
 
-    def enqueue_removal(self, url: str, change_event_id: int | None) -> EnqueuedJob:
-        """Queue the removal of a gone page's chunks (the index worker owns the vector store)."""
+    def enqueue_removal(
+        self, url: str, change_event_id: int | None, *, received_at: datetime | None = None
+    ) -> EnqueuedJob:
+        """Queue the removal of a gone page's chunks (the index worker owns the vector store).
+
+        ``received_at`` is when the page was seen gone: content indexed after that is newer and stays.
+        """
         settings = self._settings
-        job_id = f"remove-{change_event_id}" if change_event_id is not None else f"remove-{uuid.uuid4().hex}"
+        job_id = (
+            removal_job_id(change_event_id) if change_event_id is not None else f"remove-{uuid.uuid4().hex}"
+        )
+        seen_gone = (received_at or utc_now()).isoformat()
         spec = _JobSpec(
             QUEUE_INDEXING,
             REMOVE_JOB,
-            (url, change_event_id),
+            (url, change_event_id, seen_gone),
             job_id,
             settings.index_job_timeout_seconds,
             settings.index_job_retries,

@@ -9,7 +9,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from crawldex.db.database import Database
-from crawldex.db.tables import ChangeEvent, ChangeEventStatus
+from crawldex.db.tables import CHANGE_EVENT_OPEN, ChangeEvent, ChangeEventStatus
 from crawldex.models import utc_now
 
 
@@ -115,20 +115,33 @@ class ChangeEventRepository:
                 existing.updated_at = now
                 return _record(existing), True
 
-    async def _update(self, event_id: int, **values: object) -> None:
+    async def _update(self, event_id: int, **values: object) -> bool:
+        """Change an event that is still open; a final status (indexed, unchanged, gone, failed) is kept.
+
+        Every transition is a compare-and-set: a late or repeated step (a retried rescrape, an index job
+        that finished before its rescrape recorded it) can never reopen or overwrite a finished event.
+        """
         async with self._db.session() as session:
-            await session.execute(
-                update(ChangeEvent).where(ChangeEvent.id == event_id).values(updated_at=utc_now(), **values)
+            result = await session.execute(
+                update(ChangeEvent)
+                .where(
+                    ChangeEvent.id == event_id, ChangeEvent.status.in_([s.value for s in CHANGE_EVENT_OPEN])
+                )
+                .values(updated_at=utc_now(), **values)
             )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def set_rescrape_job(self, event_id: int, job_id: str) -> None:
         await self._update(event_id, rescrape_job_id=job_id)
 
     async def start_fetching(self, event_id: int) -> ChangeEventRecord | None:
+        """Mark the event fetching; returns it as it was if it is already final (nothing to do then)."""
         async with self._db.session() as session:
             row = await session.get(ChangeEvent, event_id, with_for_update=True)
             if row is None:
                 return None
+            if row.status not in {s.value for s in CHANGE_EVENT_OPEN}:
+                return _record(row)
             row.status = ChangeEventStatus.FETCHING.value
             row.attempts += 1
             row.updated_at = utc_now()
@@ -137,9 +150,10 @@ class ChangeEventRepository:
     async def start_indexing(self, event_id: int, index_job_id: str) -> None:
         await self._update(event_id, status=ChangeEventStatus.INDEXING.value, index_job_id=index_job_id)
 
-    async def finish(self, event_id: int, status: ChangeEventStatus, *, error: str | None = None) -> None:
+    async def finish(self, event_id: int, status: ChangeEventStatus, *, error: str | None = None) -> bool:
+        """End an open event; False if it had already ended."""
         indexed_at = utc_now() if status in (ChangeEventStatus.INDEXED, ChangeEventStatus.UNCHANGED) else None
-        await self._update(event_id, status=status.value, error=error, indexed_at=indexed_at)
+        return await self._update(event_id, status=status.value, error=error, indexed_at=indexed_at)
 
     async def get(self, event_id: int) -> ChangeEventRecord | None:
         async with self._db.session() as session:

@@ -145,7 +145,7 @@ def initialize_label_sets(queues: tuple[str, ...] = ("indexing", "rescrape")) ->
             JOBS_RETRIED,
         ):
             counter.labels(queue)
-    for stage in ("clean", "chunk", "embed", "keyword", "upsert", "delete", "record"):
+    for stage in ("fetch", "clean", "chunk", "embed", "keyword", "upsert", "delete", "record"):
         STAGE_DURATION.labels(stage)
     for result in ("indexed", "unchanged", "empty", "superseded", "gone"):
         DOCUMENTS_PROCESSED.labels(result)

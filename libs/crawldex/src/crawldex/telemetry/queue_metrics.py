@@ -46,6 +46,16 @@ class QueueCollector(Collector):
         self._redis = connection
         self._queues = list(queues)
 
+    def _live(self, worker_keys: set[bytes]) -> int:
+        """Workers whose own key still exists: a killed worker stays in the set until a live worker's
+        maintenance removes it, and a crash-looping deployment must read as zero workers."""
+        if not worker_keys:
+            return 0
+        pipe = self._redis.pipeline(transaction=False)
+        for key in worker_keys:
+            pipe.exists(_text(key))
+        return sum(1 for alive in pipe.execute() if alive)
+
     def collect(self) -> Iterable[GaugeMetricFamily]:
         depth = GaugeMetricFamily("crawldex_queue_depth", "Jobs waiting in the queue.", labels=["queue"])
         age = GaugeMetricFamily(
@@ -69,8 +79,9 @@ class QueueCollector(Collector):
                 pipe.zcard(STARTED_KEY.format(queue))
                 pipe.zcard(SCHEDULED_KEY.format(queue))
                 pipe.zcard(FAILED_KEY.format(queue))
-                pipe.scard(WORKERS_KEY.format(queue))
-                n_depth, n_running, n_scheduled, n_failed, n_workers = pipe.execute()
+                pipe.smembers(WORKERS_KEY.format(queue))
+                n_depth, n_running, n_scheduled, n_failed, members = pipe.execute()
+                n_workers = self._live(members)
                 depth.add_metric([queue], n_depth)
                 age.add_metric([queue], _oldest_age_seconds(self._redis, queue, now))
                 running.add_metric([queue], n_running)

@@ -6,13 +6,16 @@ import asyncio
 import hmac
 import logging
 from datetime import datetime
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
+from crawldex.adapters.queue import removal_job_id
 from crawldex.db.change_events import ChangeEventRecord
 from crawldex.db.tables import ChangeEventStatus
 from crawldex.errors import DependencyUnavailableError
+from crawldex.models import utc_now
 from crawldex.services import Services
 from crawldex.telemetry.metrics import WEBHOOKS_RECEIVED, WEBHOOKS_REJECTED, event_label
 from crawldex.urls import canonicalize_url
@@ -215,21 +218,23 @@ async def _open_change(
         detected_at=detected_at,
         status=ChangeEventStatus.INDEXING if removed else ChangeEventStatus.QUEUED,
     )
-    if joined:
-        return event, event.rescrape_job_id, True
     try:
         if removed:
-            job = await asyncio.to_thread(services.queue.enqueue_removal, url, event.id)
-        else:
-            job = await asyncio.to_thread(services.queue.enqueue_rescrape, event.id, url)
+            job_id = removal_job_id(event.id)
+            await services.change_events.start_indexing(event.id, job_id)
+            await asyncio.to_thread(
+                partial(services.queue.enqueue_removal, received_at=utc_now()), url, event.id
+            )
+            return event, job_id, False
+        # Queued again for a joined notification too: idempotent by job id, and it re-creates the job if
+        # the first was lost (the API died between the row and the job, or Redis lost it).
+        job = await asyncio.to_thread(services.queue.enqueue_rescrape, event.id, event.url)
     except DependencyUnavailableError as exc:
-        # No job will ever close this event: end it now, or the watch's next notifications would join it.
-        await services.change_events.finish(
-            event.id, ChangeEventStatus.FAILED, error=f"could not queue: {exc}"
-        )
+        if not joined:  # no job will ever close this event: end it, so the watch is not tied to it
+            await services.change_events.finish(
+                event.id, ChangeEventStatus.FAILED, error=f"could not queue: {exc}"
+            )
         raise
-    if removed:
-        await services.change_events.start_indexing(event.id, job.job_id)
-    else:
+    if not joined:
         await services.change_events.set_rescrape_job(event.id, job.job_id)
-    return event, job.job_id, False
+    return event, job.job_id, joined
