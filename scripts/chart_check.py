@@ -54,7 +54,7 @@ def fail(message: str) -> None:
 
 
 def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, text=True, capture_output=True, check=False, **kwargs)
+    return subprocess.run(cmd, text=True, capture_output=True, check=False, **kwargs)  # noqa: S603
 
 
 def helm() -> str:
