@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-SOURCES := libs/crawldex/src services/ingest-api/src services/index-worker/src services/rescrape-worker/src tests
+SOURCES := libs/crawldex/src services/ingest-api/src services/index-worker/src services/rescrape-worker/src tests benchmarks
 
 .PHONY: help install dev test test-fast lint format worker bench clean chart-tools chart-lint chart-template chart-check k8s images
 
@@ -38,8 +38,8 @@ format: install ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix $(SOURCES)
 	$(VENV)/bin/ruff format $(SOURCES)
 
-bench: install ## run the benchmarks; prints one table and writes docs/benchmarks.md (under 15 minutes)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m benchmarks
+bench: install ## run the benchmarks (~15 min on 2 cores): one table, docs/benchmarks.md (BENCH_ARGS=--quick / --only NAME)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m benchmarks $(BENCH_ARGS)
 
 clean: ## remove the virtualenv, caches and the dev data
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache data .run

@@ -1,0 +1,323 @@
+"""What every benchmark shares: result rows, the data set, fresh settings, a null embedder, timing helpers."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+
+from crawldex.adapters.embedder import EmbedderInfo, Vector
+from crawldex.adapters.local_model import BUNDLED_MODEL_ID, LocalModelEmbedder
+from crawldex.config import Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCIFACT = REPO_ROOT.parent / "shared" / "data" / "scifact-subset"
+REDIS_URL = os.environ.get("CRAWLDEX_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+ADMIN_DATABASE = os.environ.get(
+    "CRAWLDEX_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@dataclass
+class Row:
+    """One line of the table: a figure, its side-by-side limit, the ratio and the target."""
+
+    benchmark: str
+    figure: str
+    value: str
+    baseline: str = ""
+    ratio: str = ""
+    target: str = ""
+    passed: bool | None = None  # None: informational, no target
+
+
+@dataclass
+class Report:
+    name: str
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def progress(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def verdict(passed: bool | None) -> str:
+    return "n/a" if passed is None else ("pass" if passed else "MISS")
+
+
+# ---- data ----
+
+
+@dataclass(frozen=True)
+class SciFact:
+    corpus: dict[str, str]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+
+
+def load_scifact() -> SciFact:
+    if not (SCIFACT / "corpus.jsonl").is_file():
+        raise SystemExit(
+            f"search-quality data not found at {SCIFACT} (expected ../shared/data/scifact-subset beside the "
+            "repository, with corpus.jsonl, queries.jsonl and qrels.tsv)"
+        )
+    corpus: dict[str, str] = {}
+    with (SCIFACT / "corpus.jsonl").open(encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            corpus[str(row["_id"])] = str(row["text"])
+    queries: dict[str, str] = {}
+    with (SCIFACT / "queries.jsonl").open(encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            queries[str(row["_id"])] = str(row["text"])
+    qrels: dict[str, dict[str, int]] = {}
+    with (SCIFACT / "qrels.tsv").open(encoding="utf-8") as fh:
+        next(fh)
+        for line in fh:
+            qid, did, score = line.rstrip("\n").split("\t")
+            qrels.setdefault(qid, {})[did] = int(score)
+    return SciFact(corpus, {q: t for q, t in queries.items() if q in qrels}, qrels)
+
+
+def doc_url(doc_id: str) -> str:
+    return f"https://scifact.local/doc/{doc_id}"
+
+
+# ---- databases ----
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(ADMIN_DATABASE)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database (async URL), dropped afterwards."""
+    name = f"crawldex_bench_{uuid.uuid4().hex[:10]}"
+    await _admin(f'CREATE DATABASE "{name}"')
+    base = ADMIN_DATABASE.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    try:
+        yield f"{base}/{name}"
+    finally:
+        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def flush_redis() -> None:
+    import redis
+
+    connection = redis.Redis.from_url(REDIS_URL)
+    connection.flushdb()  # only the benchmark's own database (13 by default)
+    connection.close()
+
+
+def bench_settings(data_dir: Path, database_url: str | None, **overrides: object) -> Settings:
+    return Settings(
+        api_token="bench-token",  # noqa: S106
+        firecrawl_webhook_secret="bench-secret",  # noqa: S106
+        redis_url=REDIS_URL,
+        database_url=database_url,
+        data_dir=data_dir,
+        qdrant_collection=f"bench_{uuid.uuid4().hex[:8]}",
+        log_level="WARNING",
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+def temp_dir(prefix: str) -> tempfile.TemporaryDirectory[str]:
+    return tempfile.TemporaryDirectory(prefix=f"crawldex-bench-{prefix}-")
+
+
+# ---- the null embedder (benchmarks only) ----
+
+
+class NullEmbedder:
+    """An Embedder that returns one constant unit vector at once: it isolates everything but the model."""
+
+    def __init__(self, dimension: int = 384) -> None:
+        self._info = EmbedderInfo(
+            model_id=BUNDLED_MODEL_ID, dimension=dimension, max_input_tokens=256, max_batch_size=32
+        )
+        self._vector = [1.0 / math.sqrt(dimension)] * dimension
+
+    @property
+    def info(self) -> EmbedderInfo:
+        return self._info
+
+    async def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
+        return [list(self._vector) for _ in texts]
+
+    async def embed_query(self, text: str) -> Vector:
+        return list(self._vector)
+
+    async def health(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+# ---- the machine ----
+
+
+def machine() -> dict[str, str]:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = "unknown"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                ram = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],  # noqa: S607
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],  # noqa: S607
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        if dirty:
+            commit += " (with uncommitted changes)"
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "ram": ram,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "commit": commit,
+    }
+
+
+def vm_hwm_mb(pid: int) -> float:
+    """Peak resident set size (VmHWM) of a process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return math.nan
+
+
+_MODEL: LocalModelEmbedder | None = None
+
+
+def load_model() -> LocalModelEmbedder:
+    """The real in-process model, loaded once per benchmark run."""
+    global _MODEL
+    if _MODEL is None:
+        progress("loading all-MiniLM-L6-v2 (CPU)")
+        _MODEL = LocalModelEmbedder.load()
+    return _MODEL
+
+
+# ---- real processes ----
+
+BIN = REPO_ROOT / ".venv" / "bin"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Process:
+    """A service started as its own OS process, its output in a log file."""
+
+    def __init__(self, command: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        with log.open("wb") as out:
+            self.popen = subprocess.Popen(  # noqa: S603
+                command, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def wait_ready(process: Process, base_url: str, timeout: float = 180) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.popen.poll() is not None:
+            raise RuntimeError(f"process exited with {process.popen.returncode}:\n{process.output()}")
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"not ready after {timeout} s:\n{process.output()}")
+
+
+def api_env(data_dir: Path, port: int, database_url: str | None, **extra: str) -> dict[str, str]:
+    env = {
+        "CRAWLDEX_API_TOKEN": "bench-token",
+        "CRAWLDEX_FIRECRAWL_WEBHOOK_SECRET": "bench-secret",
+        "CRAWLDEX_REDIS_URL": REDIS_URL,
+        "CRAWLDEX_DATA_DIR": str(data_dir),
+        "CRAWLDEX_PORT": str(port),
+        "CRAWLDEX_LOG_LEVEL": "WARNING",
+        **extra,
+    }
+    if database_url:
+        env["CRAWLDEX_DATABASE_URL"] = database_url
+    return env

@@ -1,0 +1,177 @@
+"""Benchmarks 5 and 6 (part): freshness in the embedded mode (change notification → new text searchable)
+and the peak RSS of that process; then the peak RSS of a real index-worker process under load."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import redis
+from tests.pages import PageSite, serve_pages
+
+from benchmarks.common import (
+    BIN,
+    REDIS_URL,
+    Process,
+    Report,
+    Row,
+    api_env,
+    doc_url,
+    flush_redis,
+    free_port,
+    load_scifact,
+    percentile,
+    postgres_database,
+    progress,
+    temp_dir,
+    vm_hwm_mb,
+    wait_ready,
+)
+from crawldex.adapters.queue import JobQueue
+from crawldex.config import Settings
+from crawldex.models import PageDocument
+
+CHANGE_TOKEN = "bench-change-token"  # noqa: S105
+WORKER_TARGET_MB = 700.0
+
+
+def run(quick: bool = False) -> Report:
+    report = Report("freshness")
+    trials = 5 if quick else 10
+    flush_redis()
+    with temp_dir("freshness") as tmp, serve_pages() as site:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        env = api_env(
+            Path(tmp) / "data",
+            port,
+            None,
+            CRAWLDEX_EMBEDDED_WORKERS="true",
+            CRAWLDEX_CHANGEDETECTION_TOKEN=CHANGE_TOKEN,
+            CRAWLDEX_FETCH_ALLOWED_HOSTS='["127.0.0.1"]',
+        )
+        progress("freshness: starting ingest-api in the embedded mode")
+        api = Process([str(BIN / "crawldex-ingest-api")], env, Path(tmp) / "api.log")
+        try:
+            wait_ready(api, base)
+            latencies = _trials(site, base, trials)
+            rss = vm_hwm_mb(api.pid)
+        finally:
+            api.stop()
+    report.rows.append(
+        Row(
+            "5 freshness",
+            "change notification → searchable, p50 / p95 s",
+            f"{percentile(latencies, 50):.2f} / {percentile(latencies, 95):.2f}",
+            baseline=f"{len(latencies)} changes, min {min(latencies):.2f} s",
+        )
+    )
+    report.rows.append(
+        Row(
+            "6 memory",
+            "peak RSS, ingest-api in the embedded mode (model + workers)",
+            f"{rss:.0f} MB",
+            baseline="VmHWM",
+        )
+    )
+    report.notes.append(
+        "Freshness: crawldex-ingest-api with CRAWLDEX_EMBEDDED_WORKERS=true (SQLite, embedded Qdrant, in-process "
+        "rescrape and index consumers); a local page (tests/pages.py) gets a new unique word, then the "
+        'changedetection.io notification {"url": ...} is POSTed with X-Crawldex-Token; the clock runs from '
+        "just before the POST until /api/search (keyword mode) returns a chunk holding the word, polled every "
+        f"20 ms; {trials} changes of the same page, one after another."
+    )
+    _worker_memory(quick, report)
+    return report
+
+
+def _trials(site: PageSite, base: str, trials: int) -> list[float]:
+    headers = {"Authorization": "Bearer bench-token"}
+    latencies: list[float] = []
+    with httpx.Client(timeout=30) as client:
+        for i in range(trials + 1):
+            word = f"fresh{uuid.uuid4().hex[:12]}"
+            url = site.set(
+                "/page",
+                PageSite.html(
+                    "Freshness", f"<h1>Freshness</h1><p>Revision {i} of this page mentions {word} today.</p>"
+                ),
+            )
+            started = time.perf_counter()
+            answer = client.post(
+                f"{base}/api/webhook/changedetection",
+                json={"url": url},
+                headers={"X-Crawldex-Token": CHANGE_TOKEN},
+            )
+            answer.raise_for_status()
+            while True:
+                found = client.post(
+                    f"{base}/api/search", json={"query": word, "mode": "keyword", "limit": 1}, headers=headers
+                ).json()
+                if any(word in r["text"] for r in found["results"]):
+                    break
+                if time.perf_counter() - started > 60:
+                    raise RuntimeError(f"{word} not searchable after 60 s")
+                time.sleep(0.02)
+            if i > 0:  # the first change also creates the document: a warm-up
+                latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+def _worker_memory(quick: bool, report: Report) -> None:
+    """A real crawldex-index-worker process indexing SciFact pages; VmHWM sampled after its burst."""
+    import asyncio
+
+    data = load_scifact()
+    pages = 30 if quick else 50
+    flush_redis()
+    progress(f"memory: crawldex-index-worker on {pages} queued pages")
+
+    async def with_database() -> float:
+        async with postgres_database() as database_url:
+            return await asyncio.to_thread(_worker_run, database_url, data.corpus, pages)
+
+    rss = asyncio.run(with_database())
+    report.rows.append(
+        Row(
+            "6 memory",
+            "peak RSS, index-worker under load",
+            f"{rss:.0f} MB",
+            baseline=f"limit {WORKER_TARGET_MB:.0f} MB",
+            ratio=f"{rss / WORKER_TARGET_MB:.0%}",
+            target="≤ 700 MB",
+            passed=rss <= WORKER_TARGET_MB,
+        )
+    )
+
+
+def _worker_run(database_url: str, corpus: dict[str, str], pages: int) -> float:
+    with temp_dir("worker") as tmp:
+        env = api_env(Path(tmp) / "data", free_port(), database_url, CRAWLDEX_METRICS_PORT="0")
+        settings = Settings(redis_url=REDIS_URL)
+        connection = redis.Redis.from_url(REDIS_URL)
+        queue = JobQueue(connection, settings)
+        for did in sorted(corpus, key=int)[:pages]:
+            queue.enqueue_index(PageDocument(url=doc_url(did), markdown=corpus[did]))
+        worker = Process([str(BIN / "crawldex-index-worker")], env, Path(tmp) / "worker.log")
+        peak = 0.0
+        try:
+            deadline = time.monotonic() + 600
+            while connection.llen("rq:queue:indexing") > 0 or _started(connection):
+                if worker.popen.poll() is not None:
+                    raise RuntimeError(f"index-worker exited:\n{worker.output()}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError("index-worker did not finish its jobs in 600 s")
+                peak = max(peak, vm_hwm_mb(worker.pid))
+                time.sleep(0.5)
+            peak = max(peak, vm_hwm_mb(worker.pid))
+        finally:
+            worker.stop()
+            connection.close()
+    return peak
+
+
+def _started(connection: redis.Redis) -> bool:
+    return bool(connection.zcard("rq:wip:indexing"))
