@@ -6,9 +6,11 @@ the model above all, serve every job; a forking worker would lose anything a job
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import socket
+import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -22,9 +24,12 @@ from rq.timeouts import TimerDeathPenalty
 
 from crawldex.adapters.queue import connect_redis
 from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE, Settings
+from crawldex.errors import ConfigurationError
 from crawldex.jobs import JobLoop, WorkerRuntime, install_runtime
+from crawldex.logs import configure_logging
 from crawldex.services import RescrapeServices, Services
 from crawldex.telemetry.metrics import initialize_label_sets
+from crawldex.telemetry.tracing import configure_tracing
 
 log = logging.getLogger(__name__)
 
@@ -182,3 +187,20 @@ class EmbeddedConsumer:
             self._worker.stop()
         self._thread.join(timeout)
         return not self._thread.is_alive()
+
+
+def main(kind: str, argv: list[str] | None = None) -> None:
+    """The command line of a worker service (`crawldex-index-worker`, `crawldex-rescrape-worker`)."""
+    parser = argparse.ArgumentParser(
+        prog=f"crawldex-{kind}", description=f"RQ worker of the {WORKER_QUEUES[kind]} queue."
+    )
+    parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    configure_tracing(settings, f"crawldex-{kind}")
+    try:
+        run_worker(settings, kind, burst=args.burst)
+    except ConfigurationError as exc:
+        log.error("%s", exc)
+        sys.exit(2)

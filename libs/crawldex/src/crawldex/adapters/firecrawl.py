@@ -21,13 +21,12 @@ import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, Final, Self
 
 import httpx
 
 from crawldex.adapters.fetching import GONE_STATUSES, FetchedPage, FetchError
+from crawldex.adapters.http_retry import parse_retry_after
 from crawldex.config import Settings
 from crawldex.errors import ConfigurationError
 
@@ -336,20 +335,7 @@ def _rate_limit_wait(response: httpx.Response) -> float | None:
 
 def retry_after_seconds(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date), clamped to [0, max]."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - datetime.now(UTC)).total_seconds()
-    return _clamp(seconds)
+    return parse_retry_after(value, cap=MAX_RETRY_AFTER_SECONDS)
 
 
 def _clamp(seconds: float) -> float | None:

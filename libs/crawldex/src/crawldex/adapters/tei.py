@@ -16,13 +16,12 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, Final, Self
 
 import httpx
 
 from crawldex.adapters.embedder import EmbedderInfo, Vector
+from crawldex.adapters.http_retry import parse_retry_after
 from crawldex.config import Settings
 from crawldex.errors import ConfigurationError, EmbedderError
 from crawldex.telemetry.metrics import EMBED_BATCH_SIZE, EMBED_DURATION
@@ -371,20 +370,5 @@ def _excerpt(text: str) -> str:
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), clamped to [0, max]."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - datetime.now(UTC)).total_seconds()
-    if not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+    """Seconds to wait from a Retry-After header, clamped to [0, MAX_RETRY_AFTER_SECONDS]."""
+    return parse_retry_after(value, cap=MAX_RETRY_AFTER_SECONDS)
