@@ -30,7 +30,7 @@ DEV_PACKAGES = {"pytest", "mypy", "ruff", "hypothesis", "rank-bm25", "pytest-asy
 def uv() -> str:
     found = shutil.which("uv")
     if found is None:
-        pytest.skip("uv is not installed (scripts/bootstrap.sh installs it)")
+        pytest.fail("uv is not installed (scripts/bootstrap.sh installs it)")
     return found
 
 
