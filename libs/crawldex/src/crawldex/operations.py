@@ -123,13 +123,19 @@ class OperationWriter:
             runner.close()
 
     def _take_batch(self) -> list[OperationRecord]:
+        """Rows that arrived within one flush interval of the first (or a full batch): one INSERT a second
+        at most, instead of one per job, so the writer does not compete with the jobs for the GIL."""
         try:
             batch = [self._queue.get(timeout=self._flush_seconds)]
         except queue.Empty:
             return []
-        while len(batch) < self._batch_size:
+        deadline = time.monotonic() + self._flush_seconds
+        while len(batch) < self._batch_size and not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
             try:
-                batch.append(self._queue.get_nowait())
+                batch.append(self._queue.get(timeout=remaining))
             except queue.Empty:
                 break
         return batch
