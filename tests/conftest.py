@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import hypothesis
 import pytest
 import redis
 from sqlalchemy.engine import make_url
@@ -21,6 +22,13 @@ from crawldex.db.migrate import upgrade
 from crawldex.services import Services
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# Property tests: modest example counts by default, more under HYPOTHESIS_PROFILE=ci (make test).
+# No deadline: a slow example is not a failure (no timed assertions).
+hypothesis.settings.register_profile("default", max_examples=40, deadline=None)
+hypothesis.settings.register_profile("ci", max_examples=300, deadline=None)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
 API_TOKEN = "test-api-token"
 WEBHOOK_SECRET = "test-webhook-secret"
 TEST_REDIS_URL = os.environ.get("CRAWLDEX_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -79,7 +87,8 @@ def fresh_database(database_url: str) -> str:
     """The test database with empty tables: each test gets a fresh vector store, so the rows must go too."""
     asyncio.run(
         _admin(
-            "TRUNCATE documents, crawl_events, operation_metrics, change_events",
+            "TRUNCATE documents, crawl_events, operation_metrics, change_events, crawl_pages, "
+            "crawl_reconciliations",
             database_url.replace("+asyncpg", ""),
         )
     )
@@ -102,6 +111,8 @@ def settings(tmp_path: Path, redis_url: str, fresh_database: str, clean_redis: r
         data_dir=tmp_path / "data",
         qdrant_collection=f"test_{uuid.uuid4().hex[:8]}",
         index_job_retry_intervals=[1],
+        # Tests poll and search in tight loops; tests/integration/test_rate_limits.py turns the limiter on.
+        rate_limit_enabled=False,
     )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     rescrape_job_timeout_seconds: int = Field(default=180, ge=1)
     rescrape_job_retries: int = Field(default=3, ge=0)
     rescrape_job_retry_intervals: list[int] = Field(default_factory=lambda: [10, 60, 300])
+    reconcile_delay_seconds: int = Field(
+        default=30,
+        ge=0,
+        le=86400,
+        description="Wait after crawl.completed before reading the crawl's results back from Firecrawl.",
+    )
+    reconcile_job_timeout_seconds: int = Field(default=1800, ge=10)
 
     # In-process model and chunking.
     model_name: str = Field(
@@ -99,12 +106,58 @@ class Settings(BaseSettings):
     )
     migrate_on_start: bool = True
 
+    # Abuse protection of the ingest-api (docs/operations.md#security). Limits live in Redis, shared by
+    # every replica; a client may send `burst` requests at once, then `per_minute` a minute.
+    rate_limit_enabled: bool = True
+    rate_limit_api_per_minute: int = Field(
+        default=1200, ge=1, description="Sustained /api/* requests a minute per client (webhooks apart)."
+    )
+    rate_limit_api_burst: int = Field(
+        default=200, ge=1, description="/api/* requests a client may send at once."
+    )
+    rate_limit_webhook_per_minute: int = Field(
+        default=12000, ge=1, description="Sustained /api/webhook/* deliveries a minute per sender address."
+    )
+    rate_limit_webhook_burst: int = Field(default=2000, ge=1)
+    rate_limit_trust_forwarded: bool = Field(
+        default=False,
+        description="Identify clients by rate_limit_forwarded_header (set by a proxy you trust), not the peer.",
+    )
+    rate_limit_forwarded_header: str = Field(default="X-Forwarded-For", min_length=1)
+    webhook_replay_window_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=7 * 86400,
+        description="Deliveries whose X-Crawldex-Timestamp is further than this from now are refused (0: off).",
+    )
+    cors_allow_origins: list[str] = Field(
+        default_factory=list, description="Origins browsers may call the API from; empty: no CORS at all."
+    )
+
     # Jobs.
     index_job_timeout_seconds: int = Field(default=600, ge=1)
     job_result_ttl_seconds: int = Field(default=86400, ge=0)
     job_failure_ttl_seconds: int = Field(default=7 * 86400, ge=0)
     index_job_retries: int = Field(default=3, ge=0)
     index_job_retry_intervals: list[int] = Field(default_factory=lambda: [10, 30, 60])
+    job_retry_jitter: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Each job's retry waits are spread over (1 ± jitter) times the configured intervals.",
+    )
+    worker_heartbeat_seconds: int = Field(
+        default=10,
+        ge=1,
+        le=300,
+        description="How often a busy worker proves it is alive; a job whose worker misses 3 beats is re-run.",
+    )
+    worker_maintenance_seconds: int = Field(
+        default=30,
+        ge=5,
+        le=3600,
+        description="How often workers look for jobs of dead workers (and stuck change events) to recover.",
+    )
 
     # Telemetry.
     metrics_port: int = Field(
@@ -150,6 +203,24 @@ class Settings(BaseSettings):
             )
         return self
 
+    def __repr_args__(self) -> Any:
+        # URLs may carry a password (postgresql://user:pass@..., redis://:pass@...): repr and str mask it.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name in _URL_FIELDS and isinstance(value, str) else value
+
+    def startup_summary(self) -> str:
+        """What a process logs about where it connects at start-up: no secret, URLs without passwords."""
+        return ", ".join(
+            f"{name}={redact_url(value) if isinstance(value, str) else value}"
+            for name, value in (
+                ("redis", self.redis_url),
+                ("database", self.effective_database_url),
+                ("qdrant", self.qdrant_url or "embedded"),
+                ("embedder", self.tei_url or self.model_name),
+                ("firecrawl", self.firecrawl_url or "builtin fetcher"),
+            )
+        )
+
     @property
     def effective_database_url(self) -> str:
         if self.database_url:
@@ -159,6 +230,24 @@ class Settings(BaseSettings):
     @property
     def qdrant_path(self) -> Path:
         return self.data_dir / "qdrant"
+
+
+_URL_FIELDS = frozenset(
+    {"redis_url", "database_url", "qdrant_url", "tei_url", "firecrawl_url", "otlp_endpoint"}
+)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user-info part replaced by ``***`` (everything else kept)."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    authority, slash, path = rest.partition("/")
+    user_info, at, host = authority.rpartition("@")
+    if not at or ":" not in user_info:
+        return url
+    user = user_info.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}{slash}{path}"
 
 
 @lru_cache(maxsize=1)

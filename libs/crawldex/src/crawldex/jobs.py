@@ -21,8 +21,10 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from rq import get_current_job
 
 from crawldex.adapters.fetching import FetchError
+from crawldex.adapters.firecrawl import CrawlResultsError
 from crawldex.adapters.queue import change_delivery_id, index_job_id, removal_job_id
 from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE
+from crawldex.crawls import ReconciliationUnavailableError, crawl_kind, reconcile, record_index_end
 from crawldex.db.change_events import ChangeEventRepository
 from crawldex.db.tables import ChangeEventStatus
 from crawldex.logs import log_context
@@ -155,9 +157,13 @@ def index_page(page: dict[str, Any], change_event_id: int | None = None) -> dict
     services = runtime.index
     settings = services.settings
     document = PageDocument.model_validate(page)
+    current = get_current_job()
+    job_id = current.id if current is not None else None
 
     async def index() -> IndexOutcome:
         outcome = await services.pipeline.index(document)
+        if document.crawl_id and job_id:
+            await record_index_end(services.crawls, document, job_id, failed=False)
         if change_event_id is not None:
             # Superseded: newer content was indexed meanwhile, so this change brought nothing new.
             changed = outcome.status in (IndexStatus.INDEXED, IndexStatus.EMPTY)
@@ -173,8 +179,58 @@ def index_page(page: dict[str, Any], change_event_id: int | None = None) -> dict
             outcome = runtime.run(index(), timeout=settings.index_job_timeout_seconds)
         except BaseException as exc:
             _fail_change_event(runtime, services.change_events, change_event_id, exc)
+            _fail_crawl_page(runtime, services, document, job_id, exc)
             raise
     return outcome.as_job_result()
+
+
+def _fail_crawl_page(
+    runtime: WorkerRuntime, services: Services, document: PageDocument, job_id: str | None, exc: BaseException
+) -> None:
+    """After the last try, the crawl's page is recorded failed (for the crawl's counts); before it, RQ retries."""
+    if not document.crawl_id or job_id is None or not _is_last_try():
+        return
+    try:
+        runtime.run(record_index_end(services.crawls, document, job_id, failed=True, error=_error_text(exc)))
+    except Exception:
+        log.exception("could not record the failed page %s of crawl %s", document.url, document.crawl_id)
+
+
+def reconcile_crawl(crawl_id: str, kind: str = "crawl") -> dict[str, Any]:
+    """Read a crawl's results back from Firecrawl and queue every page whose webhook never came (see
+    `crawldex.crawls`). Runs on the rescrape queue: the rescrape-worker has the Firecrawl client."""
+    runtime = current_runtime()
+    services = runtime.rescrape
+    settings = services.settings
+    current = get_current_job()
+
+    async def run() -> dict[str, Any]:
+        if services.firecrawl is None:
+            raise ReconciliationUnavailableError(
+                "this worker has no Firecrawl client (CRAWLDEX_FIRECRAWL_URL is not set): cannot reconcile"
+            )
+        report = await reconcile(
+            crawl_id,
+            crawl_kind(kind),
+            source=services.firecrawl,
+            crawls=services.crawls,
+            queue=services.queue,
+            job_id=current.id if current is not None else None,
+        )
+        return report.as_job_result()
+
+    with _instrumented_job(
+        QUEUE_RESCRAPE, settings.rescrape_job_retries, services.operations, None, crawl_id
+    ):
+        try:
+            return runtime.run(run(), timeout=settings.reconcile_job_timeout_seconds)
+        except CrawlResultsError as exc:
+            if not exc.retryable:
+                _no_more_retries()  # a 404 (unknown or expired crawl), a refused key: trying again will not help
+            raise
+        except (ReconciliationUnavailableError, ValueError):
+            _no_more_retries()
+            raise
 
 
 def remove_page(

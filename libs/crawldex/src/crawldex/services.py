@@ -26,6 +26,7 @@ from crawldex.adapters.web_fetcher import BuiltinFetcher
 from crawldex.chunking import Chunker, load_tokenizer
 from crawldex.config import Settings
 from crawldex.db.change_events import ChangeEventRepository
+from crawldex.db.crawls import CrawlRepository
 from crawldex.db.database import Database
 from crawldex.db.migrate import upgrade
 from crawldex.db.repository import CrawlEventRepository, DocumentRepository
@@ -84,6 +85,7 @@ class Services:
     documents: DocumentRepository
     crawl_events: CrawlEventRepository
     change_events: ChangeEventRepository
+    crawls: CrawlRepository
     queue: JobQueue
     async_redis: aioredis.Redis
     pipeline: IndexingPipeline
@@ -174,18 +176,7 @@ class Services:
             index_signature=index_signature(settings, info),
             operations=operations,
         )
-        search = SearchService(
-            embedder=embedder,
-            store=store,
-            bm25=bm25,
-            defaults=SearchDefaults(
-                rrf_k=settings.search_rrf_k,
-                fusion=Fusion(settings.search_fusion),
-                vector_weight=settings.search_vector_weight,
-                keyword_weight=settings.search_keyword_weight,
-                candidates=settings.search_candidates,
-            ),
-        )
+        search = make_search_service(embedder, store, settings)
         return cls(
             settings=settings,
             embedder=embedder,
@@ -196,6 +187,7 @@ class Services:
             documents=documents,
             crawl_events=CrawlEventRepository(database),
             change_events=ChangeEventRepository(database),
+            crawls=CrawlRepository(database),
             queue=JobQueue(connect_redis(settings.redis_url), settings),
             async_redis=async_redis,
             pipeline=pipeline,
@@ -241,6 +233,56 @@ class Services:
             await asyncio.to_thread(self.operations.close)
 
 
+def make_search_service(embedder: Embedder, store: VectorStore, settings: Settings) -> SearchService:
+    return SearchService(
+        embedder=embedder,
+        store=store,
+        bm25=BM25Encoder(k1=settings.bm25_k1, b=settings.bm25_b, avg_doc_tokens=settings.bm25_avg_doc_tokens),
+        defaults=SearchDefaults(
+            rrf_k=settings.search_rrf_k,
+            fusion=Fusion(settings.search_fusion),
+            vector_weight=settings.search_vector_weight,
+            keyword_weight=settings.search_keyword_weight,
+            candidates=settings.search_candidates,
+        ),
+    )
+
+
+@dataclass
+class SearchServices:
+    """What a search needs and nothing more (the operator CLI): the embedder and the vector store."""
+
+    embedder: Embedder
+    store: VectorStore
+    search: SearchService
+
+    @classmethod
+    async def start(cls, settings: Settings) -> SearchServices:
+        embedder = await _make_embedder(settings)
+        try:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            store = VectorStore.open(
+                url=settings.qdrant_url,
+                api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+                path=str(settings.qdrant_path),
+                collection=settings.qdrant_collection,
+            )
+        except BaseException:
+            await embedder.aclose()
+            raise
+        try:
+            await store.ensure_collection(embedder.info.dimension)
+        except BaseException:
+            store.close()
+            await embedder.aclose()
+            raise
+        return cls(embedder=embedder, store=store, search=make_search_service(embedder, store, settings))
+
+    async def aclose(self) -> None:
+        self.store.close()
+        await self.embedder.aclose()
+
+
 def make_fetcher(settings: Settings) -> PageFetcher:
     """Firecrawl's scrape API when configured, else the built-in fetcher (with its SSRF guard)."""
     if settings.firecrawl_url:
@@ -255,9 +297,15 @@ class RescrapeServices:
     settings: Settings
     database: Database
     change_events: ChangeEventRepository
+    crawls: CrawlRepository
     queue: JobQueue
     fetcher: PageFetcher
     operations: OperationWriter | DiscardOperations
+
+    @property
+    def firecrawl(self) -> FirecrawlScraper | None:
+        """The Firecrawl client (crawl reconciliation needs it); None without CRAWLDEX_FIRECRAWL_URL."""
+        return self.fetcher if isinstance(self.fetcher, FirecrawlScraper) else None
 
     @classmethod
     async def start(
@@ -282,6 +330,7 @@ class RescrapeServices:
             settings=settings,
             database=database,
             change_events=ChangeEventRepository(database),
+            crawls=CrawlRepository(database),
             queue=JobQueue(connect_redis(settings.redis_url), settings),
             fetcher=make_fetcher(settings),
             operations=operations,

@@ -7,9 +7,11 @@ versions for the length of a rollout.
 from __future__ import annotations
 
 import hashlib
+import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
@@ -29,13 +31,9 @@ from crawldex.urls import canonicalize_url
 INDEX_JOB = "crawldex.jobs.index_page"
 REMOVE_JOB = "crawldex.jobs.remove_page"
 RESCRAPE_JOB = "crawldex.jobs.rescrape_page"
-_PENDING_OR_DONE = {
-    JobStatus.QUEUED,
-    JobStatus.STARTED,
-    JobStatus.DEFERRED,
-    JobStatus.SCHEDULED,
-    JobStatus.FINISHED,
-}
+RECONCILE_JOB = "crawldex.jobs.reconcile_crawl"
+_PENDING = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+_PENDING_OR_DONE = {*_PENDING, JobStatus.FINISHED}
 
 
 @dataclass(frozen=True)
@@ -94,6 +92,15 @@ def removal_job_id(change_event_id: int) -> str:
     return f"remove-{change_event_id}"
 
 
+def rescrape_job_id(change_event_id: int) -> str:
+    return f"rescrape-{change_event_id}"
+
+
+def reconcile_job_id(crawl_id: str, kind: str) -> str:
+    """One reconciliation per crawl at a time: a replayed `*.completed` webhook adds no second one."""
+    return f"reconcile-{kind}-{crawl_id}"
+
+
 def connect_redis(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30)
 
@@ -108,12 +115,16 @@ class _JobSpec:
     retries: int
     intervals: list[int]
     description: str
+    delay_seconds: int = 0  # > 0: the job waits in the scheduled registry first
 
 
 class JobQueue:
-    def __init__(self, connection: redis.Redis, settings: Settings) -> None:
+    def __init__(
+        self, connection: redis.Redis, settings: Settings, *, random: Callable[[], float] = random.random
+    ) -> None:
         self.connection = connection
         self._settings = settings
+        self._random = random
         self._queues = {
             name: Queue(name, connection=connection, serializer=JSONSerializer)
             for name in (QUEUE_INDEXING, QUEUE_RESCRAPE)
@@ -173,7 +184,7 @@ class JobQueue:
 
     def enqueue_rescrape(self, change_event_id: int, url: str) -> EnqueuedJob:
         settings = self._settings
-        job_id = f"rescrape-{change_event_id}"
+        job_id = rescrape_job_id(change_event_id)
         spec = _JobSpec(
             QUEUE_RESCRAPE,
             RESCRAPE_JOB,
@@ -185,6 +196,45 @@ class JobQueue:
             f"rescrape {url}",
         )
         return EnqueuedJob(job_id=job_id, url=url, deduplicated=self._enqueue(spec, None))
+
+    def rerun_rescrape(self, change_event_id: int, url: str) -> EnqueuedJob:
+        """Queue a change event's rescrape again although its job ran (or vanished): its work was lost."""
+        try:
+            existing = self._fetch(rescrape_job_id(change_event_id))
+            if existing is not None and existing.get_status(refresh=False) not in _PENDING:
+                existing.delete(remove_from_queue=True)
+        except redis.RedisError as exc:
+            raise DependencyUnavailableError("redis", f"{type(exc).__name__}: {exc}") from exc
+        return self.enqueue_rescrape(change_event_id, url)
+
+    def enqueue_reconcile(
+        self, crawl_id: str, kind: str, *, delay_seconds: int = 0, rerun: bool = False
+    ) -> EnqueuedJob:
+        """Queue the reconciliation of a Firecrawl crawl (``kind`` crawl or batch_scrape) on the rescrape
+        queue, after ``delay_seconds``. While one is pending (or finished, within the result TTL) the same
+        job is returned; ``rerun`` (an operator's request) replaces a finished or failed one instead."""
+        settings = self._settings
+        job_id = reconcile_job_id(crawl_id, kind)
+        if rerun:
+            try:
+                existing = self._fetch(job_id)
+                if existing is not None and existing.get_status(refresh=False) not in _PENDING:
+                    existing.delete(remove_from_queue=True)
+            except redis.RedisError as exc:
+                raise DependencyUnavailableError("redis", f"{type(exc).__name__}: {exc}") from exc
+        spec = _JobSpec(
+            QUEUE_RESCRAPE,
+            RECONCILE_JOB,
+            (crawl_id, kind),
+            job_id,
+            settings.reconcile_job_timeout_seconds,
+            settings.rescrape_job_retries,
+            list(settings.rescrape_job_retry_intervals),
+            f"reconcile {kind} {crawl_id}",
+            delay_seconds,
+        )
+        meta = {"crawl_id": crawl_id, "kind": kind}
+        return EnqueuedJob(job_id=job_id, url=crawl_id, deduplicated=self._enqueue(spec, meta))
 
     def _enqueue(self, spec: _JobSpec, meta: dict[str, Any] | None) -> bool:
         """Put the job on its queue unless the same job id is pending or done; True if it was."""
@@ -203,21 +253,24 @@ class JobQueue:
                 raise DependencyUnavailableError("redis", f"{type(exc).__name__}: {exc}") from exc
 
     def _enqueue_unique(self, spec: _JobSpec, meta: dict[str, Any] | None) -> bool:
-        retry = Retry(max=spec.retries, interval=spec.intervals) if spec.retries > 0 else None
+        retry = Retry(max=spec.retries, interval=self._jittered(spec.intervals)) if spec.retries > 0 else None
         for _ in range(2):
             try:
-                self._queues[spec.queue].enqueue(
-                    spec.function,
-                    *spec.args,
-                    job_id=spec.job_id,
-                    unique=True,
-                    job_timeout=spec.timeout,
-                    result_ttl=self._settings.job_result_ttl_seconds,
-                    failure_ttl=self._settings.job_failure_ttl_seconds,
-                    retry=retry,
-                    meta={**(meta or {}), TRACE_META_KEY: inject_context()},
-                    description=spec.description,
-                )
+                if spec.delay_seconds > 0:
+                    self._schedule_unique(spec, meta, retry)
+                else:
+                    self._queues[spec.queue].enqueue(
+                        spec.function,
+                        *spec.args,
+                        job_id=spec.job_id,
+                        unique=True,
+                        job_timeout=spec.timeout,
+                        result_ttl=self._settings.job_result_ttl_seconds,
+                        failure_ttl=self._settings.job_failure_ttl_seconds,
+                        retry=retry,
+                        meta={**(meta or {}), TRACE_META_KEY: inject_context()},
+                        description=spec.description,
+                    )
                 JOBS_ENQUEUED.labels(spec.queue).inc()
                 return False
             except DuplicateJobError:
@@ -229,6 +282,30 @@ class JobQueue:
                 if existing is not None:
                     existing.delete(remove_from_queue=True)
         return True
+
+    def _schedule_unique(self, spec: _JobSpec, meta: dict[str, Any] | None, retry: Retry | None) -> None:
+        """Like `Queue.enqueue(unique=True)`, into the scheduled registry (RQ's `enqueue_in` is never unique)."""
+        queue = self._queues[spec.queue]
+        job = queue.create_job(
+            spec.function,
+            args=spec.args,
+            job_id=spec.job_id,
+            timeout=spec.timeout,
+            result_ttl=self._settings.job_result_ttl_seconds,
+            failure_ttl=self._settings.job_failure_ttl_seconds,
+            retry=retry,
+            meta={**(meta or {}), TRACE_META_KEY: inject_context()},
+            description=spec.description,
+            status=JobStatus.SCHEDULED,
+        )
+        queue.schedule_job(job, utc_now() + timedelta(seconds=spec.delay_seconds), unique=True)
+
+    def _jittered(self, intervals: list[int]) -> list[int]:
+        """This job's retry waits: the configured ones scaled by one factor drawn in (1 ± jitter), so the jobs
+        an outage failed together come back spread out instead of all at once."""
+        jitter = self._settings.job_retry_jitter
+        factor = 1.0 + jitter * (2.0 * self._random() - 1.0)
+        return [max(1, round(seconds * factor)) for seconds in intervals]
 
     def _fetch(self, job_id: str) -> Job | None:
         try:

@@ -164,3 +164,61 @@ class ChangeEvent(Base):
     error: Mapped[str | None] = mapped_column(Text)
     indexed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class CrawlPageState(enum.StrEnum):
+    PENDING = "pending"  # queued for indexing; its job has not ended yet
+    INDEXED = "indexed"  # its index job finished (indexed, unchanged, empty or superseded)
+    FAILED = "failed"  # its index job failed for good
+
+
+class CrawlPage(Base):
+    """One page of a Firecrawl crawl or batch scrape, as crawldex received it and what became of it.
+
+    Written once per delivery by the webhook (or by reconciliation, for a page whose webhook never came)
+    and once more by the index job when it ends; both writes are single upserts.
+    """
+
+    __tablename__ = "crawl_pages"
+
+    crawl_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    canonical_url: Mapped[str] = mapped_column(Text, primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    # The page's source: `crawl.page` / `batch_scrape.page` (webhook), `reconcile` (recovered), `api`.
+    source: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    # When the delivery this row describes arrived; a row moves to a newer delivery, never to an older one.
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ReconciliationOutcome(enum.StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"  # every result Firecrawl holds was read, and the crawl had ended there
+    INCOMPLETE = "incomplete"  # the crawl was still running at Firecrawl, or its listing stopped early
+    FAILED = "failed"  # `error` says why; the job retries
+
+
+class CrawlReconciliation(Base):
+    """One run of a crawl's reconciliation: Firecrawl's results read back, lost pages queued."""
+
+    __tablename__ = "crawl_reconciliations"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    crawl_id: Mapped[str] = mapped_column(Text, index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    job_id: Mapped[str | None] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    outcome: Mapped[str] = mapped_column(String(16))
+    firecrawl_status: Mapped[str | None] = mapped_column(String(32))
+    firecrawl_total: Mapped[int | None] = mapped_column(Integer)
+    pages_listed: Mapped[int] = mapped_column(Integer)
+    pages_known: Mapped[int] = mapped_column(Integer)
+    pages_recovered: Mapped[int] = mapped_column(Integer)
+    pages_failed: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)

@@ -63,6 +63,16 @@ WEBHOOKS_REJECTED = Counter(
     "Webhook deliveries refused, by source and reason.",
     ["source", "reason"],
 )
+RATE_LIMITED = Counter(
+    "crawldex_rate_limited",
+    "Requests refused with 429 by the rate limiter, by limit: api (/api/*) or webhook (/api/webhook/*).",
+    ["limit"],
+)
+RATE_LIMIT_FAIL_OPEN = Counter(
+    "crawldex_rate_limit_fail_open",
+    "Requests let through unchecked because the rate limiter's Redis did not answer, by limit.",
+    ["limit"],
+)
 JOBS_ENQUEUED = Counter("crawldex_jobs_enqueued", "Jobs put on a queue.", ["queue"])
 JOBS_DEDUPLICATED = Counter(
     "crawldex_jobs_deduplicated",
@@ -121,6 +131,17 @@ SEARCH_RESULTS = Histogram(
     ["mode"],
     buckets=(0, 1, 5, 10, 20, 50, 100),
 )
+RECONCILIATIONS = Counter(
+    "crawldex_reconciliations",
+    "Crawl reconciliation runs, by outcome: succeeded, incomplete (the crawl still ran), failed.",
+    ["outcome"],
+)
+RECONCILED_PAGES = Counter(
+    "crawldex_reconciled_pages",
+    "Pages reconciliation found in Firecrawl's results that no webhook had brought: recovered (queued for "
+    "indexing) or failed (recorded as failed pages).",
+    ["result"],
+)
 
 # Queue state, read from Redis at scrape time by `crawldex.telemetry.queue_metrics.QueueCollector`
 # (ingest-api serves it; every replica reports the same values, so dashboards take max by queue):
@@ -152,3 +173,10 @@ def initialize_label_sets(queues: tuple[str, ...] = ("indexing", "rescrape")) ->
     for mode in ("hybrid", "semantic", "keyword"):
         for outcome in ("ok", "error"):
             SEARCHES.labels(mode, outcome)
+    for limit in ("api", "webhook"):
+        RATE_LIMITED.labels(limit)
+        RATE_LIMIT_FAIL_OPEN.labels(limit)
+    for outcome in ("succeeded", "incomplete", "failed"):
+        RECONCILIATIONS.labels(outcome)
+    for result in ("recovered", "failed"):
+        RECONCILED_PAGES.labels(result)

@@ -21,7 +21,14 @@ from crawldex.models import PageDocument, utc_now
 from crawldex.urls import canonicalize_url
 from crawldex.webhooks import WebhookRejectedError
 
-__all__ = ["FirecrawlDelivery", "WebhookRejectedError", "parse_delivery", "sign", "verify_signature"]
+__all__ = [
+    "FirecrawlDelivery",
+    "WebhookRejectedError",
+    "parse_delivery",
+    "read_documents",
+    "sign",
+    "verify_signature",
+]
 
 SIGNATURE_HEADER = "X-Firecrawl-Signature"
 PAGE_EVENTS = frozenset({"crawl.page", "batch_scrape.page"})
@@ -132,6 +139,20 @@ def parse_delivery(body: bytes, *, received_at: datetime | None = None) -> Firec
     for position, item in enumerate(data):
         _read_page(delivery, item, position, received)
     return delivery
+
+
+def read_documents(
+    items: list[Any], *, crawl_id: str | None, source: str, received_at: datetime | None = None
+) -> tuple[list[PageDocument], list[FailedPage]]:
+    """Firecrawl documents from elsewhere than a webhook (a crawl's results, read back), read by the same
+    rules as a page event's ``data``: the indexable pages, and those that are not, with the reason."""
+    delivery = FirecrawlDelivery(
+        event_type=source, crawl_id=crawl_id, webhook_id=None, success=True, error=None
+    )
+    received = received_at or utc_now()
+    for position, item in enumerate(items):
+        _read_page(delivery, item, position, received)
+    return delivery.pages, delivery.failed
 
 
 def _read_page(delivery: FirecrawlDelivery, item: Any, position: int, received_at: datetime) -> None:
