@@ -168,11 +168,7 @@ class BuiltinFetcher:
         await self._client.aclose()
 
     async def fetch(self, url: str) -> FetchedPage:
-        try:
-            async with asyncio.timeout(self._timeout):
-                download = await self._download(url)
-        except TimeoutError as exc:
-            raise FetchError(f"fetching {url} took longer than {self._timeout:g}s", retryable=True) from exc
+        download = await self._timed_download(url, ALLOWED_CONTENT_TYPES)
         final_url = str(download.url)
         if download.status_code in GONE_STATUSES:
             return FetchedPage(
@@ -206,16 +202,36 @@ class BuiltinFetcher:
             markdown=_decode_text(download.body, download.charset).strip(),
         )
 
+    async def download(self, url: str, *, media_types: frozenset[str]) -> tuple[str, bytes]:
+        """The final URL and body of a document that is not a page (a sitemap's XML), under the same
+        guard and limits as `fetch`, if its content type is one of ``media_types``. A 404/410 raises a
+        final `FetchError` here: there is no gone document to return."""
+        download = await self._timed_download(url, media_types)
+        if download.status_code in GONE_STATUSES:
+            raise FetchError(
+                f"{download.url} answered HTTP {download.status_code}",
+                retryable=False,
+                status_code=download.status_code,
+            )
+        return str(download.url), download.body
+
     # Internals.
 
-    async def _download(self, url: str) -> _Download:
+    async def _timed_download(self, url: str, media_types: frozenset[str]) -> _Download:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._download(url, media_types)
+        except TimeoutError as exc:
+            raise FetchError(f"fetching {url} took longer than {self._timeout:g}s", retryable=True) from exc
+
+    async def _download(self, url: str, media_types: frozenset[str]) -> _Download:
         current = _parse_url(url)
         redirects = 0
         while True:
             response = await self._send(current)
             try:
                 if response.status_code not in REDIRECT_STATUSES:
-                    return await self._read(current, response)
+                    return await self._read(current, response, media_types)
                 location = response.headers.get("Location", "").strip()
                 if not location:
                     raise FetchError(
@@ -271,7 +287,7 @@ class BuiltinFetcher:
                 ) from exc
         raise FetchError(f"cannot connect to {host}: {'; '.join(failures)}", retryable=True)
 
-    async def _read(self, url: httpx.URL, response: httpx.Response) -> _Download:
+    async def _read(self, url: httpx.URL, response: httpx.Response, media_types: frozenset[str]) -> _Download:
         status = response.status_code
         if status in GONE_STATUSES:
             return _Download(url=url, status_code=status)
@@ -280,10 +296,10 @@ class BuiltinFetcher:
         if not 200 <= status < 300:
             raise FetchError(f"{url} answered HTTP {status}", retryable=False, status_code=status)
         media_type, charset = _content_type(response.headers.get("Content-Type"))
-        if media_type not in ALLOWED_CONTENT_TYPES:
+        if media_type not in media_types:
             shown = media_type or "no content type"
             raise FetchError(
-                f"{url} has {shown}; only {', '.join(sorted(ALLOWED_CONTENT_TYPES))} are fetched",
+                f"{url} has {shown}; only {', '.join(sorted(media_types))} are fetched",
                 retryable=False,
                 status_code=status,
             )

@@ -155,6 +155,37 @@ class ChangeEventRepository:
         indexed_at = utc_now() if status in (ChangeEventStatus.INDEXED, ChangeEventStatus.UNCHANGED) else None
         return await self._update(event_id, status=status.value, error=error, indexed_at=indexed_at)
 
+    async def reopen_failed(self, event_id: int, status: ChangeEventStatus) -> bool:
+        """Open a failed event again at ``status`` (its failed job is being re-run by an operator).
+
+        False if the event is not failed, or if it would be a second queued event of its watch: that
+        other event's fetch brings the newest page anyway. The attempt count is kept.
+        """
+        try:
+            async with self._db.session() as session:
+                result = await session.execute(
+                    update(ChangeEvent)
+                    .where(ChangeEvent.id == event_id, ChangeEvent.status == ChangeEventStatus.FAILED.value)
+                    .values(status=status.value, error=None, indexed_at=None, updated_at=utc_now())
+                )
+                return bool(result.rowcount)  # type: ignore[attr-defined]
+        except IntegrityError:
+            return False
+
+    async def list_open(self, *, updated_before: datetime, limit: int) -> list[ChangeEventRecord]:
+        """Open events nobody has moved on since ``updated_before``, oldest first."""
+        async with self._db.session() as session:
+            rows = await session.execute(
+                select(ChangeEvent)
+                .where(
+                    ChangeEvent.status.in_([s.value for s in CHANGE_EVENT_OPEN]),
+                    ChangeEvent.updated_at < updated_before,
+                )
+                .order_by(ChangeEvent.updated_at)
+                .limit(limit)
+            )
+            return [_record(r) for r in rows.scalars()]
+
     async def get(self, event_id: int) -> ChangeEventRecord | None:
         async with self._db.session() as session:
             row = await session.get(ChangeEvent, event_id)

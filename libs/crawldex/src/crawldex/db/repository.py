@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -67,9 +68,30 @@ class DocumentRepository:
             row.source_received_at = record.source_received_at
             row.updated_at = func.now()
 
-    async def count(self) -> int:
+    async def count(self, *, statuses: Collection[str] | None = None) -> int:
+        conditions = [Document.status.in_(list(statuses))] if statuses is not None else []
         async with self._db.session() as session:
-            return int((await session.execute(select(func.count()).select_from(Document))).scalar_one())
+            return int(
+                (
+                    await session.execute(select(func.count()).select_from(Document).where(*conditions))
+                ).scalar_one()
+            )
+
+    async def list_after(
+        self, after_canonical_url: str | None, *, limit: int, statuses: Collection[str] | None = None
+    ) -> list[DocumentRecord]:
+        """The next ``limit`` documents in canonical-URL order after ``after_canonical_url`` (keyset paging:
+        rows written while a caller walks the table neither repeat nor shift its pages)."""
+        conditions: list[ColumnElement[bool]] = []
+        if after_canonical_url is not None:
+            conditions.append(Document.canonical_url > after_canonical_url)
+        if statuses is not None:
+            conditions.append(Document.status.in_(list(statuses)))
+        async with self._db.session() as session:
+            rows = await session.execute(
+                select(Document).where(*conditions).order_by(Document.canonical_url).limit(limit)
+            )
+            return [_record(row) for row in rows.scalars()]
 
 
 class CrawlEventRepository:
