@@ -12,11 +12,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 @dataclass
 class PageSite:
     base_url: str
-    pages: dict[str, tuple[int, str]] = field(default_factory=dict)
+    pages: dict[str, tuple[int, str | bytes]] = field(default_factory=dict)
     hits: dict[str, int] = field(default_factory=dict)
+    content_types: dict[str, str] = field(default_factory=dict)  # by path; text/html otherwise
 
-    def set(self, path: str, body: str, status: int = 200) -> str:
+    def set(self, path: str, body: str | bytes, status: int = 200, content_type: str | None = None) -> str:
         self.pages[path] = (status, body)
+        if content_type is not None:
+            self.content_types[path] = content_type
         return self.base_url + path
 
     @staticmethod
@@ -32,9 +35,10 @@ def serve_pages() -> Iterator[PageSite]:
         def do_GET(self) -> None:
             site.hits[self.path] = site.hits.get(self.path, 0) + 1
             status, body = site.pages.get(self.path, (404, "<html><body>Not Found</body></html>"))
-            data = body.encode("utf-8")
+            data = body if isinstance(body, bytes) else body.encode("utf-8")
             self.send_response(status)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
+            content_type = site.content_types.get(self.path, "text/html")
+            self.send_header("Content-Type", f"{content_type}; charset=utf-8")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
