@@ -71,6 +71,11 @@ class WebhookResponse(BaseModel):
     change_event_ids: list[int] = Field(
         default_factory=list, description="monitor.page: the change events opened"
     )
+    reconcile_job_id: str | None = Field(
+        default=None,
+        description="crawl.completed / batch_scrape.completed: the reconciliation job queued "
+        "(only with CRAWLDEX_FIRECRAWL_URL set; otherwise reconciliation is off)",
+    )
 
 
 class TestIndexStep(BaseModel):
@@ -178,3 +183,54 @@ class ChangeEventsPage(BaseModel):
     limit: int
     offset: int
     events: list[ChangeEventResponse]
+
+
+class ReconciliationRunResponse(BaseModel):
+    job_id: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: Literal["running", "succeeded", "incomplete", "failed"] = Field(
+        description="succeeded: every result was read and the crawl had ended at Firecrawl; incomplete: the "
+        "crawl still ran there (run it again once it ends); failed: see error"
+    )
+    firecrawl_status: str | None = Field(
+        description="What Firecrawl said of the crawl: scraping, completed, ..."
+    )
+    firecrawl_total: int | None = Field(description="Pages Firecrawl counts in the crawl")
+    pages_listed: int = Field(description="Documents in Firecrawl's results")
+    pages_known: int = Field(description="... whose page had arrived already (or been recovered before)")
+    pages_recovered: int = Field(description="... queued for indexing by this run")
+    pages_failed: int = Field(description="... failed pages nobody had reported, recorded as failed")
+    error: str | None
+
+
+class CrawlResponse(BaseModel):
+    crawl_id: str
+    kind: Literal["crawl", "batch_scrape"]
+    status: Literal["running", "completed", "cancelled", "failed"] = Field(
+        description="From the crawl's lifecycle webhooks (the latest one), else from the last reconciliation"
+    )
+    pages_received: int = Field(
+        description="Pages that arrived by webhook (or /api/index with this crawl_id), failed ones included"
+    )
+    pages_recovered: int = Field(description="Pages no webhook brought, found and queued by reconciliation")
+    pages_indexed: int = Field(description="Pages whose index job finished (indexed, unchanged, empty)")
+    pages_failed: int = Field(
+        description="Pages Firecrawl reported failed (success false, HTTP status >= 400, no content) "
+        "and pages whose index job failed for good"
+    )
+    pages_pending: int = Field(description="Pages queued for indexing whose job has not ended")
+    first_seen_at: datetime | None
+    last_seen_at: datetime | None
+    reconciliation_enabled: bool = Field(description="CRAWLDEX_FIRECRAWL_URL is set")
+    reconciliations: int = Field(description="Reconciliation runs so far")
+    last_reconciliation: ReconciliationRunResponse | None
+
+
+class ReconcileQueuedResponse(BaseModel):
+    status: Literal["queued", "already_queued"] = Field(
+        description="already_queued: a reconciliation of this crawl waits or runs; no second one was made"
+    )
+    crawl_id: str
+    kind: Literal["crawl", "batch_scrape"]
+    job_id: str
