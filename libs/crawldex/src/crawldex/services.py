@@ -159,11 +159,11 @@ class Services:
         )
         async_redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
         documents = DocumentRepository(database)
-        # The lock outlives any job that holds it (a dead holder's lock still expires), and a job
-        # waits for it far less than its own timeout: better to fail and retry than to time out.
+        # A dead holder's lock frees itself as its job's lease does (3 missed heartbeats), and a job waits
+        # for it far less than its own timeout: better to fail and retry than to time out.
         lock = RedisDocumentLock(
             async_redis,
-            timeout_seconds=settings.index_job_timeout_seconds + 60,
+            lease_seconds=settings.worker_heartbeat_seconds * 3,
             wait_seconds=min(60.0, settings.index_job_timeout_seconds / 4),
         )
         pipeline = IndexingPipeline(

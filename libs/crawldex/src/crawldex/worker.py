@@ -12,21 +12,26 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from functools import partial
 from typing import Any
 
+import redis
 from prometheus_client import start_http_server
 from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
+from rq.worker import WorkerStatus
 
 from crawldex.adapters.queue import connect_redis
 from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE, Settings
 from crawldex.errors import ConfigurationError
 from crawldex.jobs import JobLoop, WorkerRuntime, install_runtime
 from crawldex.logs import configure_logging
+from crawldex.recovery import recover_change_events
 from crawldex.services import RescrapeServices, Services
 from crawldex.telemetry.metrics import initialize_label_sets
 from crawldex.telemetry.tracing import configure_tracing
@@ -40,11 +45,68 @@ def worker_name(kind: str, suffix: str = "") -> str:
 
 
 class CrawldexWorker(SimpleWorker):
-    """Runs jobs in its own process; our jobs are JSON, never pickles."""
+    """Runs jobs in its own process; our jobs are JSON, never pickles.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    RQ's `SimpleWorker` sends no heartbeat while a job runs, so it leases each job for the whole job timeout
+    plus a minute: the job of a worker killed mid-job (SIGKILL, OOM, a lost node) would wait that long, and
+    then up to RQ's 10-minute maintenance pass, before anyone re-ran it. This worker renews a short lease
+    from a heartbeat thread while the job runs, and runs the maintenance pass (which re-queues abandoned jobs
+    that have tries left) every ``maintenance_seconds``, so a dead worker's job runs again within
+    3 x ``heartbeat_seconds`` + ``maintenance_seconds``.
+    """
+
+    LEASE_BEATS = 3  # beats a job's lease survives: one late beat is not a dead worker
+
+    def __init__(
+        self,
+        *args: Any,
+        heartbeat_seconds: int = 10,
+        maintenance_seconds: int = 30,
+        extra_maintenance: Callable[[], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("serializer", JSONSerializer)
+        kwargs.setdefault("job_monitoring_interval", heartbeat_seconds)
+        kwargs.setdefault("maintenance_interval", maintenance_seconds)
+        # An idle worker blocks on the queue for worker_ttl - 15 s; it must wake for maintenance in time.
+        kwargs.setdefault("worker_ttl", maintenance_seconds + 15)
         super().__init__(*args, **kwargs)
+        self.heartbeat_seconds = heartbeat_seconds
+        self._extra_maintenance = extra_maintenance
+
+    def run_maintenance_tasks(self) -> None:
+        super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
+        if self._extra_maintenance is not None:
+            try:
+                self._extra_maintenance()
+            except Exception:
+                # Maintenance is retried next pass; it must never stop the worker.
+                log.exception("maintenance task failed")
+
+    def get_heartbeat_ttl(self, job: Job) -> int:
+        return self.heartbeat_seconds * self.LEASE_BEATS
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        self.prepare_execution(job)
+        finished = threading.Event()
+        beats = threading.Thread(
+            target=self._beat_until, args=(job, finished), name=f"heartbeat-{job.id}", daemon=True
+        )
+        beats.start()
+        try:
+            self.perform_job(job, queue)
+        finally:
+            finished.set()
+            beats.join()
+        self.set_state(WorkerStatus.IDLE)
+
+    def _beat_until(self, job: Job, finished: threading.Event) -> None:
+        while not finished.wait(self.heartbeat_seconds):
+            try:
+                self.maintain_heartbeats(job)
+            except redis.RedisError as exc:
+                # Redis is away: the lease may lapse and the job run again elsewhere; jobs are idempotent.
+                log.warning("heartbeat of job %s failed: %s", job.id, exc)
 
 
 class EmbeddedWorker(CrawldexWorker):
@@ -124,12 +186,38 @@ def run_worker(settings: Settings, kind: str, *, burst: bool = False) -> None:
     install_runtime(runtime)
     connection = connect_redis(settings.redis_url)
     queues = [Queue(name, connection=connection, serializer=JSONSerializer) for name in queue_names]
-    worker = CrawldexWorker(queues, connection=connection, name=worker_name(kind))
+    worker = CrawldexWorker(
+        queues,
+        connection=connection,
+        name=worker_name(kind),
+        heartbeat_seconds=settings.worker_heartbeat_seconds,
+        maintenance_seconds=settings.worker_maintenance_seconds,
+        extra_maintenance=(
+            partial(sweep_change_events, runtime, connection, settings) if kind == "rescrape-worker" else None
+        ),
+    )
     try:
         worker.work(burst=burst, with_scheduler=not burst, logging_level=settings.log_level)
     finally:
         install_runtime(None)
         runtime.close()
+
+
+CHANGE_EVENT_SWEEP_LOCK = "crawldex:maintenance:change-events"
+
+
+def sweep_change_events(runtime: WorkerRuntime, connection: redis.Redis, settings: Settings) -> None:
+    """Settle change events whose job was lost (see `crawldex.recovery`); one worker per pass sweeps."""
+    if not connection.set(
+        CHANGE_EVENT_SWEEP_LOCK, worker_name("sweep"), nx=True, ex=settings.worker_maintenance_seconds
+    ):
+        return
+    services = runtime.rescrape
+    # An event is only looked at once its own job could have ended: past its timeout and all retry waits.
+    untouched_for = timedelta(
+        seconds=settings.rescrape_job_timeout_seconds + 2 * settings.worker_maintenance_seconds
+    )
+    runtime.run(recover_change_events(services.change_events, services.queue, untouched_for=untouched_for))
 
 
 class EmbeddedConsumer:
@@ -170,7 +258,12 @@ class EmbeddedConsumer:
         connection = connect_redis(self._settings.redis_url)
         queues = [Queue(n, connection=connection, serializer=JSONSerializer) for n in self._queue_names]
         self._worker = EmbeddedWorker(
-            queues, connection=connection, name=worker_name("embedded", f".{threading.get_ident()}")
+            queues,
+            connection=connection,
+            name=worker_name("embedded", f".{threading.get_ident()}"),
+            heartbeat_seconds=self._settings.worker_heartbeat_seconds,
+            maintenance_seconds=self._settings.worker_maintenance_seconds,
+            extra_maintenance=partial(sweep_change_events, runtime, connection, self._settings),
         )
         self._ready.set()
         try:

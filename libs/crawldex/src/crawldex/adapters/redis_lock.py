@@ -1,36 +1,60 @@
-"""Per-document write lock in Redis, so two workers never interleave the writes of one URL."""
+"""Per-document write lock in Redis, so two workers never interleave the writes of one URL.
+
+The lock is a lease: it expires ``lease_seconds`` after its last renewal, and its holder renews it from a
+background task while it writes. A worker killed mid-write (SIGKILL, OOM) leaves a lock that frees itself
+within one lease, about when its job is re-run, instead of blocking the document for a whole job timeout.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
 import redis.asyncio as aioredis
+from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, RedisError
 
 from crawldex.errors import DependencyUnavailableError
 
+log = logging.getLogger(__name__)
+
+RENEWALS_PER_LEASE = 3  # a late renewal or two is not a lost lock
+
 
 class RedisDocumentLock:
-    def __init__(self, connection: aioredis.Redis, *, timeout_seconds: float, wait_seconds: float) -> None:
+    def __init__(self, connection: aioredis.Redis, *, lease_seconds: float, wait_seconds: float) -> None:
         self._redis = connection
-        self._timeout = timeout_seconds  # the lock expires if its holder dies
+        self._lease = lease_seconds
         self._wait = wait_seconds
 
     @asynccontextmanager
     async def hold(self, key: str) -> AsyncIterator[None]:
-        lock = self._redis.lock(
-            f"crawldex:lock:doc:{key}", timeout=self._timeout, blocking_timeout=self._wait
-        )
+        lock = self._redis.lock(f"crawldex:lock:doc:{key}", timeout=self._lease, blocking_timeout=self._wait)
         try:
             acquired = await lock.acquire()
         except RedisError as exc:
             raise DependencyUnavailableError("redis", f"document lock: {exc}") from exc
         if not acquired:
             raise DependencyUnavailableError("redis", f"document {key} stayed locked for {self._wait}s")
+        renewing = asyncio.create_task(self._renew(lock, key))
         try:
             yield
         finally:
+            renewing.cancel()
+            with suppress(asyncio.CancelledError):
+                await renewing
             # LockError: it expired while held, and the next writer already owns it.
-            with suppress(LockError):
+            with suppress(LockError, RedisError):
                 await lock.release()
+
+    async def _renew(self, lock: Lock, key: str) -> None:
+        while True:
+            await asyncio.sleep(self._lease / RENEWALS_PER_LEASE)
+            try:
+                await lock.reacquire()
+            except (LockError, RedisError) as exc:
+                # Writes are idempotent, so finishing is safe; another writer may now overlap this one.
+                log.warning("lost the lock of document %s (%s); finishing the write without it", key, exc)
+                return

@@ -1,0 +1,65 @@
+"""The per-document lock is a lease: held as long as its holder lives, freed soon after it dies."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import textwrap
+
+import pytest
+import redis.asyncio as aioredis
+
+from crawldex.adapters.redis_lock import RedisDocumentLock
+from crawldex.errors import DependencyUnavailableError
+
+LEASE = 0.6
+KILLED_LEASE = 3.0  # long enough to see the dead holder's lock still there on a busy machine
+
+
+async def test_a_holder_keeps_its_lock_past_the_lease(redis_url: str, clean_redis: object) -> None:
+    connection = aioredis.Redis.from_url(redis_url)
+    holder = RedisDocumentLock(connection, lease_seconds=LEASE, wait_seconds=0.1)
+    other = RedisDocumentLock(connection, lease_seconds=LEASE, wait_seconds=0.1)
+    try:
+        async with holder.hold("page"):
+            await asyncio.sleep(LEASE * 4)  # renewed meanwhile
+            with pytest.raises(DependencyUnavailableError, match="stayed locked"):
+                async with other.hold("page"):
+                    pass
+        async with other.hold("page"):  # released on exit
+            pass
+    finally:
+        await connection.aclose()
+
+
+async def test_a_killed_holders_lock_frees_itself_within_a_lease(redis_url: str, clean_redis: object) -> None:
+    holder = textwrap.dedent(
+        f"""
+        import asyncio, os, signal
+        import redis.asyncio as aioredis
+        from crawldex.adapters.redis_lock import RedisDocumentLock
+
+        async def main():
+            lock = RedisDocumentLock(aioredis.Redis.from_url({redis_url!r}), lease_seconds={KILLED_LEASE}, wait_seconds=1)
+            async with lock.hold("page"):
+                print("held", flush=True)
+                await asyncio.sleep({KILLED_LEASE / 2})  # renewed at least once (every lease / 3)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        asyncio.run(main())
+        """
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", holder, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    stdout, stderr = await process.communicate()
+    assert process.returncode == -9, stderr.decode()
+    assert stdout == b"held\n"
+    connection = aioredis.Redis.from_url(redis_url)
+    try:
+        assert await connection.exists("crawldex:lock:doc:page")  # the dead holder's lock is still there
+        lock = RedisDocumentLock(connection, lease_seconds=LEASE, wait_seconds=KILLED_LEASE * 2)
+        async with lock.hold("page"):
+            pass
+    finally:
+        await connection.aclose()
