@@ -72,11 +72,16 @@ class Chunker:
         )
 
     def chunk(self, cleaned_markdown: str) -> list[Chunk]:
-        pieces = [(start, text.strip()) for start, text in self._splitter.chunk_indices(cleaned_markdown)]
-        return [
-            Chunk(index=i, text=text, start=start)
-            for i, (start, text) in enumerate(p for p in pieces if p[1])
-        ]
+        pieces = []
+        for start, piece in self._splitter.chunk_indices(cleaned_markdown):
+            # The markdown splitter keeps a chunk's leading indentation; chunks are stored stripped, so
+            # the start moves past what was stripped and still points at the chunk's first character.
+            text = piece.lstrip()
+            start += len(piece) - len(text)
+            text = text.rstrip()
+            if text:
+                pieces.append((start, text))
+        return [Chunk(index=i, text=text, start=start) for i, (start, text) in enumerate(pieces)]
 
     def count_tokens(self, text: str) -> int:
         return len(self._tokenizer.encode(text, add_special_tokens=False).ids)

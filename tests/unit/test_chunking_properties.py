@@ -1,0 +1,104 @@
+"""Properties of the chunker on arbitrary markdown.
+
+What "no text lost" means here: the chunker trims whitespace at chunk edges and may repeat text in
+overlapping chunks, nothing else. So every chunk is a verbatim slice of the input starting at its
+``start``, every non-whitespace character of the input lies inside some chunk's slice, and with no
+overlap the slices are disjoint and in order (the chunks, joined, are the input less whitespace).
+"""
+
+from __future__ import annotations
+
+import itertools
+from functools import cache
+
+from hypothesis import example, given
+from hypothesis import strategies as st
+from tokenizers import Tokenizer
+
+from crawldex.chunking import Chunk, Chunker, load_tokenizer
+
+MAX_INPUT_TOKENS = 256
+
+
+@cache
+def _tokenizer() -> Tokenizer:
+    return load_tokenizer(None)
+
+
+@cache
+def _chunker(chunk_tokens: int, overlap_tokens: int) -> Chunker:
+    return Chunker(
+        _tokenizer(),
+        chunk_tokens=chunk_tokens,
+        overlap_tokens=overlap_tokens,
+        max_input_tokens=MAX_INPUT_TOKENS,
+    )
+
+
+_words = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=12
+).filter(lambda w: not w.isspace())
+_line = st.lists(_words, min_size=1, max_size=20).map(" ".join)
+_block = st.one_of(
+    _line,
+    _line.map(lambda line: "# " + line),
+    _line.map(lambda line: "### " + line),
+    st.lists(_line, min_size=1, max_size=5).map(lambda items: "\n".join("- " + i for i in items)),
+    _line.map(lambda line: f"```\n{line}\n```"),
+    st.lists(_words, min_size=2, max_size=4).map(lambda cells: "| " + " | ".join(cells) + " |"),
+    st.text(max_size=80),  # anything at all, whitespace and control characters included
+)
+markdown_documents = st.lists(_block, max_size=15).map("\n\n".join)
+sizes = st.tuples(st.integers(min_value=8, max_value=96), st.integers(min_value=0, max_value=95)).map(
+    lambda pair: (pair[0], pair[1] % (pair[0] // 2 + 1))  # overlap below half the chunk size
+)
+
+
+def _covered(chunks: list[Chunk], length: int) -> list[bool]:
+    covered = [False] * length
+    for chunk in chunks:
+        for position in range(chunk.start, chunk.start + len(chunk.text)):
+            covered[position] = True
+    return covered
+
+
+@given(markdown=markdown_documents, size=sizes)
+@example(markdown="  leading blanks\n\nthen text", size=(16, 4))
+@example(markdown="\x1c\x1dseparators Python strips but the splitter keeps", size=(16, 0))
+@example(markdown="word " * 300, size=(8, 3))
+def test_chunks_fit_and_keep_every_character(markdown: str, size: tuple[int, int]) -> None:
+    chunk_tokens, overlap_tokens = size
+    chunker = _chunker(chunk_tokens, overlap_tokens)
+    chunks = chunker.chunk(markdown)
+
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    for chunk in chunks:
+        assert chunk.text, "no empty chunks"
+        assert chunk.text == chunk.text.strip(), "chunks are trimmed"
+        assert 0 < chunker.count_tokens(chunk.text) <= chunk_tokens
+        assert markdown[chunk.start : chunk.start + len(chunk.text)] == chunk.text
+
+    covered = _covered(chunks, len(markdown))
+    lost = [(i, ch) for i, ch in enumerate(markdown) if not ch.isspace() and not covered[i]]
+    assert lost == []
+
+    starts = [c.start for c in chunks]
+    assert starts == sorted(set(starts)), "chunks advance through the text"
+    if overlap_tokens == 0:
+        for before, after in itertools.pairwise(chunks):
+            assert before.start + len(before.text) <= after.start, "no overlap was asked for"
+        assert "".join("".join(c.text.split()) for c in chunks) == "".join(markdown.split())
+
+
+@given(markdown=markdown_documents, size=sizes)
+def test_chunking_is_deterministic(markdown: str, size: tuple[int, int]) -> None:
+    chunk_tokens, overlap_tokens = size
+    first = _chunker(chunk_tokens, overlap_tokens).chunk(markdown)
+    assert _chunker(chunk_tokens, overlap_tokens).chunk(markdown) == first
+    fresh = Chunker(
+        _tokenizer(),
+        chunk_tokens=chunk_tokens,
+        overlap_tokens=overlap_tokens,
+        max_input_tokens=MAX_INPUT_TOKENS,
+    )
+    assert fresh.chunk(markdown) == first
