@@ -14,10 +14,8 @@ import os
 import re
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,12 +32,10 @@ from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE, Settings
 from crawldex.db.change_events import ChangeEventRecord, ChangeEventRepository
 from crawldex.db.database import Database
 from crawldex.db.repository import DocumentRecord, DocumentRepository
-from crawldex.jobs import JobLoop
 from crawldex.models import PageDocument, utc_now
-from crawldex.services import Services
 from crawldex.urls import canonicalize_url, document_id
-from crawldex.worker import EmbeddedConsumer
 from tests.pages import PageSite, serve_pages
+from tests.workers import running_workers, wait_until
 
 T = TypeVar("T")
 # Settings the commands read from the environment, as the installed script would.
@@ -112,21 +108,6 @@ def admin(cli_settings: Settings) -> Iterator[QueueAdmin]:
     connection.close()
 
 
-@contextmanager
-def running_workers(settings: Settings, embedder: LocalModelEmbedder) -> Iterator[None]:
-    """The project's worker (the embedded consumer) on both queues, sharing the session's model."""
-    loop = JobLoop()
-    shared = loop.run(Services.start(settings, embedder=embedder, migrate=False))
-    consumer = EmbeddedConsumer(settings, [QUEUE_INDEXING, QUEUE_RESCRAPE], shared)
-    consumer.start()
-    try:
-        yield
-    finally:
-        assert consumer.stop(timeout=120)
-        loop.run(shared.aclose())
-        loop.close()
-
-
 def in_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
     async def run() -> T:
         database = Database.connect(settings.effective_database_url)
@@ -142,15 +123,6 @@ def change_event(settings: Settings, event_id: int) -> ChangeEventRecord:
     event = in_database(settings, lambda db: ChangeEventRepository(db).get(event_id))
     assert event is not None
     return event
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout}s")
 
 
 def fetch_job(settings: Settings, job_id: str) -> Job:

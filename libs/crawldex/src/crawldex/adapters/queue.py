@@ -62,9 +62,10 @@ def index_job_id(page: PageDocument, delivery_id: str | None) -> str:
     """The job of one delivery of one page.
 
     A delivery the sender identifies (Firecrawl's ``webhookId``, new for every delivery) maps to one
-    job id, so a replay of it adds no job, even after the job finished. Without an id every request
-    is its own delivery: content alone must not decide, or a page that changes A → B → A would
-    map its third version onto the first job and keep B.
+    job id, so a replay of it adds no job, even after the job finished. Without an id the content names
+    the job, and it only joins a job still pending (`JobQueue.enqueue_index`): once that job has run, the
+    same content is queued again, or a page that changes A → B → A would find its third version's job
+    done (the first) and keep B.
     """
     digest = hashlib.sha256()
     parts = [
@@ -75,7 +76,7 @@ def index_job_id(page: PageDocument, delivery_id: str | None) -> str:
         page.language or "",
         page.crawl_id or "",
         page.markdown,
-        delivery_id or page.received_at.isoformat(),
+        delivery_id or "",
     ]
     for part in parts:
         digest.update(part.encode("utf-8"))
@@ -116,6 +117,7 @@ class _JobSpec:
     intervals: list[int]
     description: str
     delay_seconds: int = 0  # > 0: the job waits in the scheduled registry first
+    join_done: bool = True  # False: a job of the same id that has ended is replaced, not joined
 
 
 class JobQueue:
@@ -155,6 +157,7 @@ class JobQueue:
             settings.index_job_retries,
             list(settings.index_job_retry_intervals),
             f"index {page.url}",
+            join_done=delivery_id is not None or change_event_id is not None,
         )
         return EnqueuedJob(job_id=job_id, url=page.url, deduplicated=self._enqueue(spec, meta))
 
@@ -275,10 +278,12 @@ class JobQueue:
                 return False
             except DuplicateJobError:
                 existing = self._fetch(spec.job_id)
-                if existing is not None and existing.get_status(refresh=False) in _PENDING_OR_DONE:
+                joined = _PENDING_OR_DONE if spec.join_done else _PENDING
+                if existing is not None and existing.get_status(refresh=False) in joined:
                     JOBS_DEDUPLICATED.labels(spec.queue).inc()
                     return True
-                # The same delivery once failed for good (or was stopped): sending it again retries it.
+                # The same delivery once failed for good (or was stopped), or content without a delivery
+                # id whose job has ended: sending it again runs it again.
                 if existing is not None:
                     existing.delete(remove_from_queue=True)
         return True

@@ -9,13 +9,29 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from crawldex.errors import DependencyUnavailableError
 
 # Errors that mean "the database is not there right now", as opposed to a bad statement.
 _UNREACHABLE = (OperationalError, InterfaceError, OSError, TimeoutError)
+# SQLSTATE classes of the same: 08 connection exception, 53 insufficient resources (too many connections),
+# 57P operator intervention (shutting down, crashed, starting up: "cannot connect now"). asyncpg raises these
+# as its own classes, which SQLAlchemy wraps in a plain DBAPIError.
+_UNREACHABLE_SQLSTATES = ("08", "53", "57P")
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether a database error means the server cannot be used right now (retry later), not a bad statement."""
+    if isinstance(exc, _UNREACHABLE):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        return isinstance(sqlstate, str) and sqlstate.startswith(_UNREACHABLE_SQLSTATES)
+    return False
 
 
 def create_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
@@ -60,8 +76,10 @@ class Database:
         try:
             async with self._sessions() as session, session.begin():
                 yield session
-        except _UNREACHABLE as exc:
-            raise DependencyUnavailableError("database", f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            if is_unreachable(exc):
+                raise DependencyUnavailableError("database", f"{type(exc).__name__}: {exc}") from exc
+            raise
 
     async def health(self) -> None:
         try:
