@@ -34,6 +34,8 @@ from crawldex.db.database import Database
 from crawldex.db.repository import DocumentRecord, DocumentRepository
 from crawldex.models import PageDocument, utc_now
 from crawldex.urls import canonicalize_url, document_id
+from tests.conftest import fixture_json
+from tests.firecrawl_server import serve_firecrawl
 from tests.pages import PageSite, serve_pages
 from tests.workers import running_workers, wait_until
 
@@ -184,7 +186,7 @@ def test_the_installed_script_helps_and_reports_status(cli_settings: Settings) -
         [SCRIPT, "--help"], capture_output=True, text=True, env=env, timeout=60, check=False
     )
     assert helped.returncode == 0, helped.stderr
-    for command in ("status", "requeue", "import", "search", "reindex", "purge"):
+    for command in ("status", "requeue", "import", "search", "reindex", "purge", "reconcile"):
         assert command in helped.stdout
     assert "exit codes" in helped.stdout
     import_help = subprocess.run(
@@ -617,3 +619,60 @@ def test_expected_failures_are_one_line_with_their_exit_code(
     assert code == 1
     assert "read 1: queued 0" in out
     assert err.startswith("crawldex: error: redis is unavailable, the import stopped after queueing 0 pages")
+
+
+# ---- reconcile ----
+
+RECONCILED_CRAWL = "3f2b6d1e-8c4a-4b7e-9d2f-1a5c7e9b0d34"
+
+
+def test_reconcile_indexes_the_pages_whose_webhooks_were_lost(
+    cli: Cli, cli_settings: Settings, embedder: LocalModelEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    documents = [
+        document
+        for skip in (0, 3, 6)
+        for document in fixture_json("firecrawl_crawl", f"crawl_skip_{skip}.json")["body"]["data"]
+    ]
+    with serve_firecrawl(api_key="fc-cli-key") as firecrawl:
+        firecrawl.add(RECONCILED_CRAWL, documents)
+        monkeypatch.setenv("CRAWLDEX_FIRECRAWL_URL", firecrawl.base_url)
+        monkeypatch.setenv("CRAWLDEX_FIRECRAWL_API_KEY", "fc-cli-key")
+        with running_workers(cli_settings, embedder):
+            code, out, err = cli("reconcile", RECONCILED_CRAWL, "--wait", "--quiet")
+            assert code == 0, err
+            listed = len(documents)
+            assert f"crawl {RECONCILED_CRAWL}: succeeded" in out
+            assert f"listed {listed}: 0 had arrived" in out
+            recovered = int(re.search(r"(\d+) recovered and queued", out).group(1))  # type: ignore[union-attr]
+            failed = int(re.search(r"(\d+) failed at Firecrawl", out).group(1))  # type: ignore[union-attr]
+            assert recovered + failed == listed
+            assert recovered > 0
+            assert f"indexed {recovered}" in out  # --wait: each recovered page's index job ended indexed
+
+            code, out, _ = cli("reconcile", RECONCILED_CRAWL, "--json")  # again: nothing is queued twice
+            assert code == 0
+            report = json.loads(out)
+            assert report["pages_known"] == listed
+            assert report["pages_recovered"] == 0
+
+        code, out, _ = cli("reconcile", RECONCILED_CRAWL, "--queue")
+        assert code == 0
+        assert f"job reconcile-crawl-{RECONCILED_CRAWL}" in out
+
+        code, _, err = cli("reconcile", "0d9f3c1e-0000-4c1d-9e2f-8a6b4c3d2e1f")  # Firecrawl does not know it
+        assert code == 1
+        assert err.startswith(
+            "crawldex: error: reconciliation of crawl 0d9f3c1e-0000-4c1d-9e2f-8a6b4c3d2e1f failed"
+        )
+        assert "404" in err
+
+        code, _, err = cli("reconcile", "../../etc/passwd")
+        assert code == 2
+        assert "CRAWL_ID" in err
+
+    monkeypatch.delenv("CRAWLDEX_FIRECRAWL_URL")
+    code, _, err = cli("reconcile", RECONCILED_CRAWL)
+    assert code == 2
+    assert err.startswith("crawldex: error: configuration error:")
+    assert "CRAWLDEX_FIRECRAWL_URL" in err

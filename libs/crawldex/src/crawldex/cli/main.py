@@ -7,11 +7,12 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from crawldex.cli import importing, reindex, search, status
+from crawldex.cli import importing, reconcile, reindex, search, status
 from crawldex.cli.common import EXIT_FAILED, EXIT_USAGE, CliError, HelpFormatter, load_settings, one_line
 
 DESCRIPTION = """\
-Operate a crawldex deployment: queue state, failed jobs, bulk imports, search, re-indexing and removal.
+Operate a crawldex deployment: queue state, failed jobs, bulk imports, search, re-indexing, removal and
+crawl reconciliation.
 Reads the same CRAWLDEX_* settings as the services (docs/configuration.md) and talks to their Redis,
 database and vector store directly.
 """
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (status, importing, search, reindex):
+    for module in (status, importing, search, reindex, reconcile):
         module.register(commands, common)
     return parser
 
