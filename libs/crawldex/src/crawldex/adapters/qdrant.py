@@ -6,11 +6,16 @@ the embedded mode runs the API and its queue consumers in one process.
 
 qdrant-client is synchronous here on purpose: its local mode runs in the caller's thread either way,
 so every call is moved off the event loop with ``asyncio.to_thread``.
+
+In the local mode, keyword (sparse) queries are answered by ``LocalKeywordIndex``, an inverted index
+this store keeps beside the collection and updates on each of its writes: qdrant-client scores every
+stored sparse vector in Python per query. Dense queries and everything else go to qdrant-client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -20,13 +25,19 @@ from typing import Any, TypeVar
 
 from qdrant_client import QdrantClient, models
 
+from crawldex.adapters.sparse_index import AtLeast, Condition, KeywordPoint, LocalKeywordIndex, Match
 from crawldex.errors import ConfigurationError, DependencyUnavailableError
 from crawldex.keyword import SparseVector
+
+log = logging.getLogger(__name__)
 
 DENSE = "dense"
 KEYWORD = "keyword"
 # Payload fields that filters use; a Qdrant server gets a keyword index on each.
 INDEXED_FIELDS = ("doc_id", "domain", "crawl_id", "language", "language_primary", "url_prefixes")
+NUMERIC_FIELDS = ("chunk_index", "indexed_at_ts")
+# The local keyword index reads the collection in pages of this many points when the store opens.
+SCROLL_PAGE = 2000
 
 T = TypeVar("T")
 
@@ -56,31 +67,52 @@ class PointFilter:
     language: str | None = None
     indexed_after: float | None = None  # unix seconds
 
-    def to_qdrant(self) -> models.Filter | None:
-        must: list[models.Condition] = []
+    def conditions(self) -> list[Condition]:
+        """The conditions, once for both Qdrant's filter and the local keyword index."""
+        found: list[Condition] = []
         if self.domain:
-            must.append(_match("domain", self.domain))
+            found.append(Match("domain", self.domain))
         if self.url_prefix:
-            must.append(_match("url_prefixes", self.url_prefix))
+            found.append(Match("url_prefixes", self.url_prefix))
         if self.crawl_id:
-            must.append(_match("crawl_id", self.crawl_id))
+            found.append(Match("crawl_id", self.crawl_id))
         if self.language:
             lang = self.language.lower()
-            must.append(_match("language" if "-" in lang else "language_primary", lang))
+            found.append(Match("language" if "-" in lang else "language_primary", lang))
         if self.indexed_after is not None:
-            must.append(models.FieldCondition(key="indexed_at_ts", range=models.Range(gt=self.indexed_after)))
-        return models.Filter(must=must) if must else None
+            found.append(AtLeast("indexed_at_ts", self.indexed_after, inclusive=False))
+        return found
+
+    def to_qdrant(self) -> models.Filter | None:
+        conditions = self.conditions()
+        return _qdrant_filter(conditions) if conditions else None
 
 
-def _match(key: str, value: str) -> models.FieldCondition:
-    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
-
-
-def _doc_filter(doc_id: uuid.UUID, *, from_chunk: int | None = None) -> models.Filter:
-    must: list[models.Condition] = [_match("doc_id", str(doc_id))]
-    if from_chunk is not None:
-        must.append(models.FieldCondition(key="chunk_index", range=models.Range(gte=from_chunk)))
+def _qdrant_filter(conditions: Sequence[Condition]) -> models.Filter:
+    must: list[models.Condition] = []
+    for c in conditions:
+        if isinstance(c, Match):
+            must.append(models.FieldCondition(key=c.key, match=models.MatchValue(value=c.value)))
+        else:
+            bound = models.Range(gte=c.bound) if c.inclusive else models.Range(gt=c.bound)
+            must.append(models.FieldCondition(key=c.key, range=bound))
     return models.Filter(must=must)
+
+
+def _doc_conditions(doc_id: uuid.UUID, *, from_chunk: int | None = None) -> list[Condition]:
+    found: list[Condition] = [Match("doc_id", str(doc_id))]
+    if from_chunk is not None:
+        found.append(AtLeast("chunk_index", from_chunk, inclusive=True))
+    return found
+
+
+def _keyword_point(
+    point_id: models.ExtendedPointId, vector: Any, payload: dict[str, Any] | None
+) -> KeywordPoint:
+    sparse = vector.get(KEYWORD) if isinstance(vector, dict) else None
+    if not isinstance(sparse, models.SparseVector):
+        return KeywordPoint(str(point_id), [], [], payload or {}, has_keyword=False)
+    return KeywordPoint(str(point_id), sparse.indices, sparse.values, payload or {})
 
 
 class VectorStore:
@@ -90,6 +122,10 @@ class VectorStore:
         self.is_local = serialize
         # The local mode is not safe for concurrent use from several threads; a server is.
         self._lock: threading.Lock | None = threading.Lock() if serialize else None
+        # Local mode only: built when the collection is known (ensure_collection), dropped when a write
+        # fails part-way (it may no longer mirror the collection) and rebuilt by the next search.
+        self._keyword_index: LocalKeywordIndex | None = None
+        self._keyword_index_wanted = False
 
     @classmethod
     def open(
@@ -106,6 +142,11 @@ class VectorStore:
                 "store serves one process only: run workers in that process or set CRAWLDEX_QDRANT_URL"
             ) from exc
         return cls(client, collection, serialize=True)
+
+    @property
+    def has_local_keyword_index(self) -> bool:
+        """Whether keyword queries are answered by the in-process index (the embedded store only)."""
+        return self._keyword_index is not None
 
     def _guard(self) -> AbstractContextManager[Any]:
         return self._lock if self._lock is not None else nullcontext()
@@ -134,13 +175,19 @@ class VectorStore:
                         f"Qdrant collection {self.collection!r} has dense size {found}, but the embedder "
                         f"produces {dimension}: use another CRAWLDEX_QDRANT_COLLECTION or re-create it"
                     )
+                if self.is_local:
+                    self._keyword_index_wanted = True
+                    self._keyword_index = self._load_keyword_index()
                 return
             self._client.create_collection(
                 self.collection,
                 vectors_config={DENSE: models.VectorParams(size=dimension, distance=models.Distance.COSINE)},
                 sparse_vectors_config={KEYWORD: models.SparseVectorParams(modifier=models.Modifier.IDF)},
             )
-            if not self.is_local:  # the local mode ignores payload indexes (and warns)
+            if self.is_local:
+                self._keyword_index_wanted = True
+                self._keyword_index = self._load_keyword_index()
+            else:  # the local mode ignores payload indexes (and warns)
                 for field in INDEXED_FIELDS:
                     self._client.create_payload_index(
                         self.collection, field, models.PayloadSchemaType.KEYWORD
@@ -151,6 +198,57 @@ class VectorStore:
                 self._client.create_payload_index(
                     self.collection, "indexed_at_ts", models.PayloadSchemaType.FLOAT
                 )
+
+        await self._call(run)
+
+    def _load_keyword_index(self) -> LocalKeywordIndex | None:
+        """Read the collection's keyword vectors into a new index (the caller holds the lock)."""
+        info = self._client.get_collection(self.collection)
+        sparse = (info.config.params.sparse_vectors or {}).get(KEYWORD)
+        if sparse is None:
+            log.warning(
+                "collection %s has no %r sparse vector: no local keyword index", self.collection, KEYWORD
+            )
+            self._keyword_index_wanted = False
+            return None
+        index = LocalKeywordIndex(
+            idf=sparse.modifier == models.Modifier.IDF,
+            keyword_fields=INDEXED_FIELDS,
+            numeric_fields=NUMERIC_FIELDS,
+        )
+        offset: models.ExtendedPointId | None = None
+        while True:
+            records, offset = self._client.scroll(
+                self.collection,
+                limit=SCROLL_PAGE,
+                offset=offset,
+                with_payload=[*INDEXED_FIELDS, *NUMERIC_FIELDS],
+                with_vectors=[KEYWORD],
+            )
+            index.upsert(_keyword_point(r.id, r.vector, r.payload) for r in records)
+            if offset is None:
+                break
+        index.compact()
+        return index
+
+    def _local_index(self) -> LocalKeywordIndex | None:
+        """The local keyword index, rebuilt if a failed write dropped it (the caller holds the lock)."""
+        if self._keyword_index is None and self._keyword_index_wanted:
+            self._keyword_index = self._load_keyword_index()
+        return self._keyword_index
+
+    async def _write(self, write: Callable[[], Any], mirror: Callable[[LocalKeywordIndex], Any]) -> None:
+        """Run a write against Qdrant, then the same write against the local keyword index."""
+
+        def run() -> None:
+            try:
+                write()
+                if self._keyword_index is not None:
+                    mirror(self._keyword_index)
+            except BaseException:
+                # The write may have been applied in part: the index is rebuilt from the collection.
+                self._keyword_index = None
+                raise
 
         await self._call(run)
 
@@ -168,22 +266,33 @@ class VectorStore:
             )
             for p in points
         ]
-        await self._call(lambda: self._client.upsert(self.collection, points=structs, wait=True))
+        await self._write(
+            lambda: self._client.upsert(self.collection, points=structs, wait=True),
+            lambda index: index.upsert(
+                KeywordPoint(str(p.id), p.keyword.indices, p.keyword.values, p.payload) for p in points
+            ),
+        )
 
     async def delete_chunks_from(self, doc_id: uuid.UUID, first_stale_chunk: int) -> None:
         """Delete the document's points whose chunk index is ``first_stale_chunk`` or higher."""
-        selector = models.FilterSelector(filter=_doc_filter(doc_id, from_chunk=first_stale_chunk))
-        await self._call(lambda: self._client.delete(self.collection, points_selector=selector, wait=True))
+        conditions = _doc_conditions(doc_id, from_chunk=first_stale_chunk)
+        selector = models.FilterSelector(filter=_qdrant_filter(conditions))
+        await self._write(
+            lambda: self._client.delete(self.collection, points_selector=selector, wait=True),
+            lambda index: index.delete(conditions),
+        )
 
     async def set_document_payload(self, doc_id: uuid.UUID, payload: dict[str, Any]) -> None:
-        await self._call(
+        conditions = _doc_conditions(doc_id)
+        await self._write(
             lambda: self._client.set_payload(
-                self.collection, payload=payload, points=_doc_filter(doc_id), wait=True
-            )
+                self.collection, payload=payload, points=_qdrant_filter(conditions), wait=True
+            ),
+            lambda index: index.set_payload(conditions, payload),
         )
 
     async def count(self, doc_id: uuid.UUID | None = None) -> int:
-        flt = _doc_filter(doc_id) if doc_id is not None else None
+        flt = _qdrant_filter(_doc_conditions(doc_id)) if doc_id is not None else None
         return await self._call(
             lambda: self._client.count(self.collection, count_filter=flt, exact=True).count
         )
@@ -197,33 +306,59 @@ class VectorStore:
         limit: int,
     ) -> tuple[list[ScoredPoint], list[ScoredPoint]]:
         """Rank by each given vector in one round trip; returns (dense hits, keyword hits)."""
-        flt = point_filter.to_qdrant()
-        requests: list[models.QueryRequest] = []
-        if dense is not None:
-            requests.append(
-                models.QueryRequest(query=dense, using=DENSE, filter=flt, limit=limit, with_payload=True)
+        conditions = point_filter.conditions()
+        flt = _qdrant_filter(conditions) if conditions else None
+        want_keyword = keyword is not None and not keyword.is_empty
+
+        def run() -> tuple[list[ScoredPoint], list[ScoredPoint]]:
+            index = self._local_index() if want_keyword and self.is_local else None
+            if index is not None and not index.supports(conditions):
+                index = None
+            requests: list[models.QueryRequest] = []
+            if dense is not None:
+                requests.append(
+                    models.QueryRequest(query=dense, using=DENSE, filter=flt, limit=limit, with_payload=True)
+                )
+            if keyword is not None and want_keyword and index is None:
+                sparse = models.SparseVector(indices=keyword.indices, values=keyword.values)
+                requests.append(
+                    models.QueryRequest(
+                        query=sparse, using=KEYWORD, filter=flt, limit=limit, with_payload=True
+                    )
+                )
+            responses = (
+                self._client.query_batch_points(self.collection, requests=requests) if requests else []
             )
-        if keyword is not None and not keyword.is_empty:
-            sparse = models.SparseVector(indices=keyword.indices, values=keyword.values)
-            requests.append(
-                models.QueryRequest(query=sparse, using=KEYWORD, filter=flt, limit=limit, with_payload=True)
-            )
-        if not requests:
-            return [], []
-        responses = await self._call(
-            lambda: self._client.query_batch_points(self.collection, requests=requests)
-        )
-        ranked = [
-            [ScoredPoint(id=str(p.id), score=p.score, payload=dict(p.payload or {})) for p in r.points]
-            for r in responses
-        ]
-        dense_hits = ranked.pop(0) if dense is not None else []
-        keyword_hits = ranked.pop(0) if ranked else []
-        return dense_hits, keyword_hits
+            ranked = [
+                [ScoredPoint(id=str(p.id), score=p.score, payload=dict(p.payload or {})) for p in r.points]
+                for r in responses
+            ]
+            dense_hits = ranked.pop(0) if dense is not None else []
+            if keyword is not None and index is not None:
+                keyword_hits = self._with_payloads(
+                    index.search(keyword.indices, keyword.values, conditions, limit)
+                )
+            else:
+                keyword_hits = ranked.pop(0) if ranked else []
+            return dense_hits, keyword_hits
+
+        return await self._call(run)
+
+    def _with_payloads(self, hits: list[tuple[str, float]]) -> list[ScoredPoint]:
+        if not hits:
+            return []
+        records = self._client.retrieve(self.collection, ids=[i for i, _ in hits], with_payload=True)
+        payloads = {str(r.id): dict(r.payload or {}) for r in records}
+        if len(payloads) < len(hits):  # cannot happen while every write goes through this store
+            log.error("the local keyword index names points the collection lacks: rebuilding it")
+            self._keyword_index = None
+        return [ScoredPoint(id=i, score=score, payload=payloads[i]) for i, score in hits if i in payloads]
 
     async def health(self) -> None:
         await self._call(lambda: self._client.collection_exists(self.collection))
 
     def close(self) -> None:
         with self._guard():
+            self._keyword_index = None
+            self._keyword_index_wanted = False
             self._client.close()
