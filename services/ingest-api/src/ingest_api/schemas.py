@@ -14,9 +14,21 @@ from crawldex.urls import canonicalize_url
 class IndexRequest(BaseModel):
     """A page to index. Unknown fields (e.g. the seed API's html, statusCode) are ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "url": "https://docs.example.com/guides/autoscaling",
+                    "markdown": "# Autoscaling\n\nKEDA scales index workers on the length of the queue.",
+                    "title": "Autoscaling index workers",
+                    "language": "en",
+                }
+            ]
+        },
+    )
 
-    url: str = Field(min_length=1, max_length=8192)
+    url: str = Field(min_length=1, max_length=8192, description="An http(s) URL: the page's identity")
     markdown: str = Field(min_length=1, description="Page content as markdown; must not be empty.")
     title: str | None = Field(default=None, max_length=4096)
     description: str | None = Field(default=None, max_length=16384)
@@ -234,3 +246,122 @@ class ReconcileQueuedResponse(BaseModel):
     crawl_id: str
     kind: Literal["crawl", "batch_scrape"]
     job_id: str
+
+
+# The webhooks read their raw body (Firecrawl signs the exact bytes; changedetection.io sends a template or
+# Apprise's envelope), so no model parses it; these describe it in the OpenAPI document. The parsers are
+# lenient where the senders are (other fields are ignored), and refuse a body they cannot read with 400/422.
+_TEXT_OR_LIST = {
+    "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+    "description": "A string, or a list of strings (the first non-empty one is used)",
+}
+FIRECRAWL_WEBHOOK_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {
+        "type": {
+            "type": "string",
+            "minLength": 1,
+            "description": "crawl.page and batch_scrape.page carry pages; monitor.page carries changes; "
+            "crawl.started, crawl.completed, batch_scrape.completed, ... are acknowledged",
+        },
+        "success": {"type": "boolean", "description": "false: every page of the delivery failed"},
+        "id": {"type": "string", "description": "The crawl or batch scrape id (v1, v2)"},
+        "jobId": {"type": "string", "description": "The crawl id (v0)"},
+        "webhookId": {"type": "string", "description": "The delivery's id; a replay queues no new job"},
+        "error": {"description": "Why the delivery's pages failed (a string, or any JSON value)"},
+        "data": {
+            "type": "array",
+            "description": "Page events: Firecrawl documents; monitor.page: {url, status}",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "markdown": {"type": "string"},
+                    "content": {"type": "string", "description": "v0's markdown"},
+                    "url": {"type": "string", "description": "monitor.page: the watched page"},
+                    "status": {"type": "string", "description": "monitor.page: changed, removed, same, new"},
+                    "metadata": {
+                        "type": "object",
+                        "properties": {
+                            "url": _TEXT_OR_LIST,
+                            "sourceURL": _TEXT_OR_LIST,
+                            "statusCode": {"type": "integer"},
+                            "title": _TEXT_OR_LIST,
+                            "description": _TEXT_OR_LIST,
+                            "language": _TEXT_OR_LIST,
+                            "error": {"type": ["string", "null"]},
+                        },
+                    },
+                },
+            },
+        },
+        "metadata": {"type": "object", "description": "The metadata the crawl was started with, echoed"},
+    },
+    "examples": [
+        {
+            "success": True,
+            "type": "crawl.page",
+            "id": "0d9f3c1e-5b7a-4c1d-9e2f-8a6b4c3d2e1f",
+            "webhookId": "7b1e2c3d-4f5a-4b6c-8d9e-0f1a2b3c4d5e",
+            "data": [
+                {
+                    "markdown": "# Autoscaling\n\nKEDA scales index workers on the length of the queue.",
+                    "metadata": {
+                        "url": "https://docs.example.com/guides/autoscaling/",
+                        "sourceURL": "https://docs.example.com/guides/autoscaling",
+                        "title": "Autoscaling index workers",
+                        "statusCode": 200,
+                    },
+                }
+            ],
+        }
+    ],
+}
+CHANGEDETECTION_WEBHOOK_BODY: dict[str, Any] = {
+    "anyOf": [
+        {
+            "type": "object",
+            "title": "post:// body template",
+            "properties": {
+                "watch_url": {"type": "string", "description": "Or url: the watched page (required)"},
+                "url": {"type": "string"},
+                "watch_uuid": {"type": "string", "description": "Or uuid: the watch"},
+                "uuid": {"type": "string"},
+                "watch_title": {"type": "string", "description": "Or title"},
+                "title": {"type": "string"},
+                "diff_url": {"type": "string", "description": "The watch uuid is read from it if not given"},
+            },
+        },
+        {
+            "type": "object",
+            "title": "json:// (Apprise) envelope",
+            "required": ["message"],
+            "properties": {
+                "version": {"type": "string"},
+                "type": {"type": "string"},
+                "title": {"type": "string"},
+                "message": {
+                    "type": "string",
+                    "description": "The body template as JSON, or text naming the watched URL",
+                },
+                "attachments": {"type": "array"},
+            },
+        },
+    ],
+    "examples": [
+        {
+            "url": "https://docs.example.com/pricing",
+            "uuid": "1f0e2d3c-4b5a-4968-8778-695a4b3c2d1e",
+            "title": "Pricing",
+            "diff_url": "https://changes.example.com/diff/1f0e2d3c-4b5a-4968-8778-695a4b3c2d1e",
+        }
+    ],
+}
+
+
+def raw_body(schema: dict[str, Any], *, text: bool = False) -> dict[str, Any]:
+    """``openapi_extra`` of a route that reads its body itself: the body it expects, for the OpenAPI document."""
+    content: dict[str, Any] = {"application/json": {"schema": schema}}
+    if text:
+        content["text/plain"] = {"schema": {"type": "string", "description": "A text notification"}}
+    return {"requestBody": {"required": True, "content": content}}

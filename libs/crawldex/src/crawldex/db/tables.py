@@ -23,6 +23,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeEngine
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -52,6 +53,22 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class StoredText(TypeDecorator[str]):
+    """Text as PostgreSQL can store it: it refuses U+0000 in text, which JSON strings and URLs can carry, so
+    that character is written (and looked up) as U+FFFD. ``StoredText(64)`` is a VARCHAR(64)."""
+
+    impl: TypeEngine[str] | type[TypeEngine[str]] = Text
+    cache_ok = True
+
+    def __init__(self, length: int | None = None) -> None:
+        super().__init__()
+        self.length = length  # part of the statement cache key (cache_ok)
+        self.impl = String(length) if length is not None else Text()
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return value.replace("\x00", "\ufffd") if value is not None else None
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
@@ -68,13 +85,13 @@ class Document(Base):
     __tablename__ = "documents"
 
     doc_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
-    canonical_url: Mapped[str] = mapped_column(Text, unique=True)
-    url: Mapped[str] = mapped_column(Text)
-    title: Mapped[str | None] = mapped_column(Text)
-    content_hash: Mapped[str] = mapped_column(String(64))
+    canonical_url: Mapped[str] = mapped_column(StoredText(), unique=True)
+    url: Mapped[str] = mapped_column(StoredText())
+    title: Mapped[str | None] = mapped_column(StoredText())
+    content_hash: Mapped[str] = mapped_column(StoredText(64))
     chunk_count: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), index=True)
-    crawl_id: Mapped[str | None] = mapped_column(Text, index=True)
+    status: Mapped[str] = mapped_column(StoredText(16), index=True)
+    crawl_id: Mapped[str | None] = mapped_column(StoredText(), index=True)
     indexed_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # When the content now indexed was received (webhook/API); an older delivery never overwrites it.
     source_received_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -90,12 +107,12 @@ class CrawlEvent(Base):
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
-    crawl_id: Mapped[str | None] = mapped_column(Text, index=True)
-    event_type: Mapped[str] = mapped_column(String(64))
-    webhook_id: Mapped[str | None] = mapped_column(Text)
+    crawl_id: Mapped[str | None] = mapped_column(StoredText(), index=True)
+    event_type: Mapped[str] = mapped_column(StoredText(64))
+    webhook_id: Mapped[str | None] = mapped_column(StoredText())
     success: Mapped[bool] = mapped_column(Boolean)
-    url: Mapped[str | None] = mapped_column(Text)
-    error: Mapped[str | None] = mapped_column(Text)
+    url: Mapped[str | None] = mapped_column(StoredText())
+    error: Mapped[str | None] = mapped_column(StoredText())
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
 
 
@@ -108,14 +125,14 @@ class OperationMetric(Base):
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
     timestamp: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
-    operation_type: Mapped[str] = mapped_column(String(32))
-    operation_name: Mapped[str] = mapped_column(String(64))
+    operation_type: Mapped[str] = mapped_column(StoredText(32))
+    operation_name: Mapped[str] = mapped_column(StoredText(64))
     duration_ms: Mapped[float] = mapped_column(Float)
     success: Mapped[bool] = mapped_column(Boolean)
-    error: Mapped[str | None] = mapped_column(Text)
-    document_url: Mapped[str | None] = mapped_column(Text)
-    job_id: Mapped[str | None] = mapped_column(String(128))
-    crawl_id: Mapped[str | None] = mapped_column(Text, index=True)
+    error: Mapped[str | None] = mapped_column(StoredText())
+    document_url: Mapped[str | None] = mapped_column(StoredText())
+    job_id: Mapped[str | None] = mapped_column(StoredText(128))
+    crawl_id: Mapped[str | None] = mapped_column(StoredText(), index=True)
 
 
 class ChangeEventStatus(enum.StrEnum):
@@ -149,19 +166,19 @@ class ChangeEvent(Base):
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
-    source: Mapped[str] = mapped_column(String(32))
-    watch_uuid: Mapped[str | None] = mapped_column(String(128))
-    watch_key: Mapped[str] = mapped_column(Text)  # watch uuid, else the canonical URL
-    url: Mapped[str] = mapped_column(Text)
-    canonical_url: Mapped[str] = mapped_column(Text, index=True)
+    source: Mapped[str] = mapped_column(StoredText(32))
+    watch_uuid: Mapped[str | None] = mapped_column(StoredText(128))
+    watch_key: Mapped[str] = mapped_column(StoredText())  # watch uuid, else the canonical URL
+    url: Mapped[str] = mapped_column(StoredText())
+    canonical_url: Mapped[str] = mapped_column(StoredText(), index=True)
     detected_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
-    status: Mapped[str] = mapped_column(String(16), index=True)
+    status: Mapped[str] = mapped_column(StoredText(16), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     notifications: Mapped[int] = mapped_column(Integer, default=1)
-    rescrape_job_id: Mapped[str | None] = mapped_column(String(128))
-    index_job_id: Mapped[str | None] = mapped_column(String(128))
-    error: Mapped[str | None] = mapped_column(Text)
+    rescrape_job_id: Mapped[str | None] = mapped_column(StoredText(128))
+    index_job_id: Mapped[str | None] = mapped_column(StoredText(128))
+    error: Mapped[str | None] = mapped_column(StoredText())
     indexed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -181,14 +198,14 @@ class CrawlPage(Base):
 
     __tablename__ = "crawl_pages"
 
-    crawl_id: Mapped[str] = mapped_column(Text, primary_key=True)
-    canonical_url: Mapped[str] = mapped_column(Text, primary_key=True)
-    url: Mapped[str] = mapped_column(Text)
+    crawl_id: Mapped[str] = mapped_column(StoredText(), primary_key=True)
+    canonical_url: Mapped[str] = mapped_column(StoredText(), primary_key=True)
+    url: Mapped[str] = mapped_column(StoredText())
     # The page's source: `crawl.page` / `batch_scrape.page` (webhook), `reconcile` (recovered), `api`.
-    source: Mapped[str] = mapped_column(String(64))
-    job_id: Mapped[str] = mapped_column(String(128))
-    state: Mapped[str] = mapped_column(String(16))
-    error: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(StoredText(64))
+    job_id: Mapped[str] = mapped_column(StoredText(128))
+    state: Mapped[str] = mapped_column(StoredText(16))
+    error: Mapped[str | None] = mapped_column(StoredText())
     # When the delivery this row describes arrived; a row moves to a newer delivery, never to an older one.
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -209,16 +226,16 @@ class CrawlReconciliation(Base):
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
-    crawl_id: Mapped[str] = mapped_column(Text, index=True)
-    kind: Mapped[str] = mapped_column(String(16))
-    job_id: Mapped[str | None] = mapped_column(String(128))
+    crawl_id: Mapped[str] = mapped_column(StoredText(), index=True)
+    kind: Mapped[str] = mapped_column(StoredText(16))
+    job_id: Mapped[str | None] = mapped_column(StoredText(128))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    outcome: Mapped[str] = mapped_column(String(16))
-    firecrawl_status: Mapped[str | None] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(StoredText(16))
+    firecrawl_status: Mapped[str | None] = mapped_column(StoredText(32))
     firecrawl_total: Mapped[int | None] = mapped_column(Integer)
     pages_listed: Mapped[int] = mapped_column(Integer)
     pages_known: Mapped[int] = mapped_column(Integer)
     pages_recovered: Mapped[int] = mapped_column(Integer)
     pages_failed: Mapped[int] = mapped_column(Integer)
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(StoredText())

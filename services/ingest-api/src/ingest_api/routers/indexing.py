@@ -11,6 +11,7 @@ from ingest_api.schemas import ErrorResponse, IndexRequest, QueuedResponse, Test
 
 router = APIRouter(prefix="/api", tags=["indexing"], dependencies=Authenticated)
 _ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorResponse, "description": "The body cannot be read (not UTF-8 JSON)"},
     401: {"model": ErrorResponse},
     413: {"model": ErrorResponse},
     422: {"model": ErrorResponse},
