@@ -124,26 +124,36 @@ class Services:
                 f"TEI serves {info.model_id}, but chunks would be counted with the bundled {BUNDLED_MODEL_ID} "
                 "tokenizer: set CRAWLDEX_TOKENIZER_PATH to the served model's tokenizer.json"
             )
-        if share_from is not None:
-            store, chunker = share_from.store, share_from.chunker
-        else:
-            tokenizer = load_tokenizer(settings.tokenizer_path)
-            chunker = Chunker(
-                tokenizer,
-                chunk_tokens=settings.chunk_tokens,
-                overlap_tokens=settings.chunk_overlap_tokens,
-                max_input_tokens=info.max_input_tokens,
-            )
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-            store = VectorStore.open(
-                url=settings.qdrant_url,
-                api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
-                path=str(settings.qdrant_path),
-                collection=settings.qdrant_collection,
-            )
-            await store.ensure_collection(info.dimension)
-        if migrate if migrate is not None else (settings.migrate_on_start and share_from is None):
-            await upgrade(settings.effective_database_url)
+        opened: VectorStore | None = None
+        try:
+            if share_from is not None:
+                store, chunker = share_from.store, share_from.chunker
+            else:
+                tokenizer = load_tokenizer(settings.tokenizer_path)
+                chunker = Chunker(
+                    tokenizer,
+                    chunk_tokens=settings.chunk_tokens,
+                    overlap_tokens=settings.chunk_overlap_tokens,
+                    max_input_tokens=info.max_input_tokens,
+                )
+                settings.data_dir.mkdir(parents=True, exist_ok=True)
+                store = opened = VectorStore.open(
+                    url=settings.qdrant_url,
+                    api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+                    path=str(settings.qdrant_path),
+                    collection=settings.qdrant_collection,
+                )
+                await store.ensure_collection(info.dimension)
+            if migrate if migrate is not None else (settings.migrate_on_start and share_from is None):
+                await upgrade(settings.effective_database_url)
+        except BaseException:
+            # A start that fails (the database does not answer) must not keep the embedded store locked, or
+            # the model loaded, in a process that goes on (and may start again).
+            if opened is not None:
+                opened.close()
+            if owns_embedder:
+                await embedder.aclose()
+            raise
         database = Database.connect(settings.effective_database_url)
         operations: OperationWriter | DiscardOperations
         if share_from is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from crawldex.errors import ConfigurationError, DependencyUnavailableError, InvalidDocumentError
@@ -27,6 +29,16 @@ async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's own 422, except that a body that is not text (sent without a JSON content type) is shown
+    decoded with replacement characters: FastAPI's handler decodes it strictly and fails with a 500."""
+    assert isinstance(exc, RequestValidationError)
+    detail = jsonable_encoder(
+        exc.errors(), custom_encoder={bytes: lambda raw: raw.decode("utf-8", "replace")}
+    )
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
 async def _invalid_document(_request: Request, exc: Exception) -> JSONResponse:
     return problem(422, str(exc))
 
@@ -43,6 +55,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DependencyUnavailableError, _unavailable)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(InvalidDocumentError, _invalid_document)
     app.add_exception_handler(ConfigurationError, _misconfigured)
     app.add_exception_handler(Exception, _unexpected)
