@@ -4,7 +4,8 @@ import pytest
 from pydantic import ValidationError
 
 from crawldex.adapters.qdrant import ScoredPoint
-from crawldex.search import SearchMode, SearchRequest, rrf_fuse, weighted_fuse
+from crawldex.config import Settings
+from crawldex.search import Fusion, SearchDefaults, SearchMode, SearchRequest, rrf_fuse, weighted_fuse
 
 
 def _points(*ids_scores: tuple[str, float]) -> list[ScoredPoint]:
@@ -44,3 +45,17 @@ def test_request_validation() -> None:
     ):
         with pytest.raises(ValidationError):
             SearchRequest.model_validate(bad)
+
+
+def test_search_defaults_are_the_configured_defaults() -> None:
+    """SearchDefaults() (what the benchmarks use) must be what a service built from Settings() gets."""
+    settings = Settings()
+    configured = SearchDefaults(
+        rrf_k=settings.search_rrf_k,
+        fusion=Fusion(settings.search_fusion),
+        vector_weight=settings.search_vector_weight,
+        keyword_weight=settings.search_keyword_weight,
+        candidates=settings.search_candidates,
+    )
+    assert configured == SearchDefaults()
+    assert configured.fusion is Fusion.WEIGHTED

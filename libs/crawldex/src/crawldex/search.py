@@ -105,10 +105,12 @@ class SearchResponse(BaseModel):
 
 @dataclass(frozen=True)
 class SearchDefaults:
+    """What a request does not say; the same defaults as ``Settings`` (crawldex.config)."""
+
     rrf_k: int = 60
-    fusion: Fusion = Fusion.RRF
-    vector_weight: float = 0.6
-    keyword_weight: float = 0.4
+    fusion: Fusion = Fusion.WEIGHTED
+    vector_weight: float = 0.7
+    keyword_weight: float = 0.3
     candidates: int = 100
 
 
