@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from crawldex.webhooks.firecrawl import (
@@ -14,6 +15,7 @@ from crawldex.webhooks.firecrawl import (
     verify_signature,
 )
 from tests.conftest import fixture_bytes
+from tests.unit.webhook_strategies import json_values, web_urls, words
 
 SECRET = "s3cret"
 
@@ -156,3 +158,118 @@ def test_parser_never_crashes(value: object) -> None:
     page_body = json.dumps({"type": "crawl.page", "data": [value], "success": True}).encode()
     delivery = parse_delivery(page_body)
     assert len(delivery.pages) + len(delivery.failed) == 1
+
+
+# Arbitrary input: bytes, and JSON with any value in any field. Never anything but a delivery or a 4xx.
+def _parsed_or_4xx(body: bytes) -> FirecrawlDelivery | None:
+    try:
+        return parse_delivery(body)
+    except WebhookRejectedError as exc:
+        rejected = exc
+    assert 400 <= rejected.status_code < 500, rejected
+    assert rejected.reason
+    return None
+
+
+@given(st.binary(max_size=300))
+@example(b"[" * 100_000)  # nested deeper than the JSON decoder recurses
+@example(b"1" * 5000)  # more digits than Python converts to an int
+@example(b'{"type": "crawl.page", "data": [{"markdown": "x", "metadata": {"url": NaN}}]}')
+@example(b'\xef\xbb\xbf{"type": "crawl.started"}')
+@example(b'{"type": "\\u0000"}')
+@example(b'\xff\xfe{\x00"\x00t\x00')
+def test_any_bytes_give_a_delivery_or_a_4xx(body: bytes) -> None:
+    _parsed_or_4xx(body)
+
+
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional=dict.fromkeys(
+            ("type", "id", "jobId", "webhookId", "success", "error", "data", "metadata"), json_values
+        ),
+    ),
+    st.sampled_from(["crawl.page", "batch_scrape.page", "monitor.page", "crawl.completed", " crawl.page "]),
+)
+def test_any_json_in_any_field_gives_a_delivery_or_a_4xx(payload: dict[str, object], event: str) -> None:
+    for body in (payload, {**payload, "type": event}):
+        delivery = _parsed_or_4xx(json.dumps(body).encode())
+        if delivery is not None:
+            assert delivery.event_type == str(body["type"]).strip()
+            # Every document of a page event is either a page or a failure, never dropped.
+            data = body.get("data")
+            if delivery.is_page_event and isinstance(data, list):
+                assert len(delivery.pages) + len(delivery.failed) == len(data)
+
+
+# Valid deliveries: what was sent is what comes out.
+_documents = st.fixed_dictionaries(
+    {
+        "url": web_urls,
+        "markdown": st.text(max_size=200),
+        "title": words,
+        "status": st.sampled_from([200, 301, 404, 500]),
+    },
+    optional={"language": st.sampled_from(["en", "de-DE", "fr"]), "title_as_list": st.booleans()},
+)
+
+
+def _document(spec: dict[str, Any]) -> dict[str, Any]:
+    title: object = ["", "  ", spec["title"]] if spec.get("title_as_list") else spec["title"]
+    metadata: dict[str, object] = {"sourceURL": spec["url"], "title": title, "statusCode": spec["status"]}
+    if "language" in spec:
+        metadata["language"] = spec["language"]
+    return {"markdown": spec["markdown"], "metadata": metadata}
+
+
+@given(
+    st.sampled_from(["crawl.page", "batch_scrape.page"]),
+    words,
+    st.none() | words,
+    st.lists(_documents, max_size=5),
+)
+def test_valid_page_deliveries_round_trip(
+    event: str, crawl_id: str, webhook_id: str | None, documents: list[dict[str, Any]]
+) -> None:
+    payload: dict[str, object] = {
+        "success": True,
+        "type": event,
+        "id": crawl_id,
+        "data": [_document(d) for d in documents],
+    }
+    if webhook_id is not None:
+        payload["webhookId"] = webhook_id
+    delivery = parse_delivery(json.dumps(payload).encode())
+    assert (delivery.event_type, delivery.crawl_id, delivery.webhook_id, delivery.success) == (
+        event,
+        crawl_id,
+        webhook_id,
+        True,
+    )
+    indexable = [d for d in documents if d["status"] < 400]
+    assert [(p.url, p.markdown, p.title, p.language) for p in delivery.pages] == [
+        (d["url"], d["markdown"], d["title"], d.get("language")) for d in indexable
+    ]
+    assert all(p.crawl_id == crawl_id and p.source == event for p in delivery.pages)
+    assert [(f.url, f.error) for f in delivery.failed] == [
+        (d["url"], f"page answered HTTP {d['status']}") for d in documents if d["status"] >= 400
+    ]
+
+
+@given(
+    st.lists(
+        st.tuples(web_urls, st.sampled_from(["changed", "removed", "same", "new", "CHANGED"])), max_size=5
+    )
+)
+def test_monitor_changes_round_trip(changes: list[tuple[str, str]]) -> None:
+    payload = {
+        "type": "monitor.page",
+        "id": "m",
+        "data": [{"url": url, "status": status} for url, status in changes],
+    }
+    delivery = parse_delivery(json.dumps(payload).encode())
+    assert [(c.url, c.status) for c in delivery.monitor_changes] == [
+        (url, status.lower()) for url, status in changes if status.lower() in ("changed", "removed")
+    ]
+    assert delivery.pages == []
+    assert delivery.failed == []

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
+from hypothesis.provisional import urls
 
 from crawldex.errors import InvalidDocumentError
 from crawldex.urls import canonicalize_url, document_id, domain_of, point_id
@@ -87,3 +88,57 @@ def test_percent_escapes_normalise_idempotently(path: str) -> None:
     except InvalidDocumentError:
         return
     assert canonicalize_url(once) == once
+
+
+# URLs built part by part, each part drawn from arbitrary text: the canonical form is a fixed point.
+_label = st.text(
+    st.characters(codec="utf-8", exclude_categories=["Cs"], exclude_characters=".:/?#[]@\\"),
+    min_size=1,
+    max_size=12,
+)
+_hosts = st.one_of(
+    st.lists(_label, min_size=1, max_size=4).map(".".join),
+    st.lists(st.from_regex(r"[A-Za-z0-9-]{1,10}", fullmatch=True), min_size=1, max_size=4).map(".".join),
+    st.ip_addresses(v=4).map(str),
+    st.ip_addresses(v=6).map(lambda ip: f"[{ip}]"),
+)
+_built_urls = st.builds(
+    "{scheme}://{userinfo}{host}{port}{path}{query}{fragment}".format_map,
+    st.fixed_dictionaries(
+        {
+            "scheme": st.sampled_from(["http", "https", "HTTP", "Https", "ftp", ""]),
+            "userinfo": st.sampled_from(["", "user@", "user:pw@"]),
+            "host": _hosts | _hosts.map(str.upper),
+            "port": st.none().map(lambda _: "") | st.integers(0, 70000).map(":{}".format),
+            "path": st.lists(
+                st.text(max_size=8) | st.from_regex(r"%[0-9A-Fa-f]{2}", fullmatch=True), max_size=4
+            ).map(lambda segments: "/" + "/".join(segments) if segments else ""),
+            "query": st.lists(st.tuples(st.text(max_size=5), st.text(max_size=5)), max_size=4).map(
+                lambda pairs: "?" + "&".join(f"{k}={v}" for k, v in pairs) if pairs else ""
+            ),
+            "fragment": st.text(max_size=5).map(lambda text: f"#{text}" if text else ""),
+        }
+    ),
+)
+
+
+@given(_built_urls)
+@example("HTTP://Example.COM:80/a/../b/%7e?b=2&a=1&a=0#top")
+@example("https://[::FFFF:10.0.0.1]:443/%2f%2F?=&=#")
+def test_canonical_form_of_built_urls_is_a_fixed_point(url: str) -> None:
+    try:
+        once = canonicalize_url(url)
+    except InvalidDocumentError:
+        return
+    assert canonicalize_url(once) == once
+    assert "#" not in once
+    scheme, _, rest = once.partition("://")
+    assert scheme in ("http", "https")
+    assert rest.split("/", 1)[0] == rest.split("/", 1)[0].lower()
+
+
+@given(urls())
+def test_every_web_url_is_accepted_and_its_canonical_form_is_a_fixed_point(url: str) -> None:
+    once = canonicalize_url(url)
+    assert canonicalize_url(once) == once
+    assert document_id(once) == document_id(canonicalize_url(once))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 
 class WebhookRejectedError(Exception):
     """The delivery is refused; ``status_code`` is the HTTP answer and the message its reason."""
@@ -10,3 +13,22 @@ class WebhookRejectedError(Exception):
         super().__init__(reason)
         self.status_code = status_code
         self.reason = reason
+
+
+def load_json(body: bytes | str) -> Any:
+    """``body`` as JSON, or `WebhookRejectedError` (400) saying why not.
+
+    Besides malformed JSON and bad UTF-8, `json` raises ValueError for an integer of more than 4300 digits
+    and RecursionError for arrays or objects nested too deep: a sender's body, so a 400, never a 500.
+    NaN and Infinity, which `json` takes by default, are not JSON either.
+    """
+    try:
+        return json.loads(body, parse_constant=_refuse_constant)
+    except RecursionError as exc:
+        raise WebhookRejectedError(400, "body is not valid JSON: nested too deep") from exc
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
+        raise WebhookRejectedError(400, f"body is not valid JSON: {exc}") from exc
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")

@@ -12,7 +12,6 @@ API in constant time before this parser runs.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,13 +19,14 @@ from typing import Any
 
 from crawldex.errors import InvalidDocumentError
 from crawldex.urls import canonicalize_url
-from crawldex.webhooks import WebhookRejectedError
+from crawldex.webhooks import WebhookRejectedError, load_json
 
 TOKEN_HEADER = "X-Crawldex-Token"  # noqa: S105 - a header name, not a secret
 _URL = re.compile(r"https?://[^\s<>\"'`]+", re.IGNORECASE)
 _UUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.IGNORECASE)
 # Links changedetection.io itself renders into messages: not the watched page.
 _OWN_LINKS = re.compile(r"/(diff|preview|edit)/[0-9a-f-]{36}", re.IGNORECASE)
+MAX_WATCH_UUID_LENGTH = 128  # what change_events.watch_uuid holds; changedetection.io's are 36
 _URL_KEYS = ("watch_url", "url")
 _UUID_KEYS = ("watch_uuid", "uuid")
 
@@ -72,11 +72,19 @@ def _from_text(*texts: str) -> tuple[str | None, str | None]:
 def _from_object(payload: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
     url = _first_str(payload, _URL_KEYS)
     uuid = _first_str(payload, _UUID_KEYS)
-    title = _first_str(payload, ("watch_title",))
+    title = _first_str(payload, ("watch_title", "title"))
     diff_url = _first_str(payload, ("diff_url",))
     if uuid is None and diff_url:
         _, uuid = _from_text(diff_url)
     return url, uuid, title
+
+
+def _json_or_none(text: str) -> Any:
+    """The JSON value of ``text``, or None when it is not JSON: then it is read as rendered text."""
+    try:
+        return load_json(text)
+    except WebhookRejectedError:
+        return None
 
 
 def parse_notification(body: bytes) -> ChangeNotification:
@@ -89,19 +97,12 @@ def parse_notification(body: bytes) -> ChangeNotification:
     url: str | None
     uuid: str | None
     title: str | None = None
-    try:
-        payload = json.loads(text)
-    except json.JSONDecodeError:
-        payload = None
+    payload = _json_or_none(text)
     if isinstance(payload, dict) and "message" in payload and ("version" in payload or "type" in payload):
         # Apprise's json:// envelope: the message may itself be our JSON template.
         message = payload.get("message") if isinstance(payload.get("message"), str) else ""
         envelope_title = payload.get("title") if isinstance(payload.get("title"), str) else ""
-        inner = None
-        try:
-            inner = json.loads(message) if message else None
-        except json.JSONDecodeError:
-            inner = None
+        inner = _json_or_none(message) if message else None
         if isinstance(inner, dict):
             url, uuid, title = _from_object(inner)
         else:
@@ -119,6 +120,8 @@ def parse_notification(body: bytes) -> ChangeNotification:
         raise WebhookRejectedError(
             422, "no watched URL in the notification (use {{watch_url}} in the body template)"
         )
+    if uuid is not None and len(uuid) > MAX_WATCH_UUID_LENGTH:
+        raise WebhookRejectedError(422, f"watch uuid is longer than {MAX_WATCH_UUID_LENGTH} characters")
     try:
         canonical = canonicalize_url(url)
     except InvalidDocumentError as exc:

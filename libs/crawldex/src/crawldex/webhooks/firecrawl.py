@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from crawldex.models import PageDocument, utc_now
 from crawldex.urls import canonicalize_url
-from crawldex.webhooks import WebhookRejectedError
+from crawldex.webhooks import WebhookRejectedError, load_json
 
 __all__ = [
     "FirecrawlDelivery",
@@ -34,6 +34,7 @@ SIGNATURE_HEADER = "X-Firecrawl-Signature"
 PAGE_EVENTS = frozenset({"crawl.page", "batch_scrape.page"})
 MONITOR_EVENT = "monitor.page"
 MONITOR_ACTIONS = frozenset({"changed", "removed"})
+MAX_EVENT_TYPE_LENGTH = 64  # what crawl_events.event_type holds; Firecrawl's longest is about 25
 _SIGNATURE = re.compile(r"^sha256=([0-9a-fA-F]{64})$")
 
 
@@ -107,15 +108,14 @@ def _optional_str(obj: dict[str, Any], *keys: str) -> str | None:
 
 
 def parse_delivery(body: bytes, *, received_at: datetime | None = None) -> FirecrawlDelivery:
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WebhookRejectedError(400, f"body is not valid JSON: {exc}") from exc
+    payload = load_json(body)
     if not isinstance(payload, dict):
         raise WebhookRejectedError(422, "body must be a JSON object")
     event_type = payload.get("type")
     if not isinstance(event_type, str) or not event_type.strip():
         raise WebhookRejectedError(422, "field 'type' is required and must be a string")
+    if len(event_type.strip()) > MAX_EVENT_TYPE_LENGTH:
+        raise WebhookRejectedError(422, f"field 'type' is longer than {MAX_EVENT_TYPE_LENGTH} characters")
     success = payload.get("success", True)
     if not isinstance(success, bool):
         raise WebhookRejectedError(422, "field 'success' must be a boolean")
