@@ -6,6 +6,7 @@ from pydantic import ValidationError
 from crawldex.adapters.qdrant import ScoredPoint
 from crawldex.config import Settings
 from crawldex.search import Fusion, SearchDefaults, SearchMode, SearchRequest, rrf_fuse, weighted_fuse
+from crawldex.services import search_defaults
 
 
 def _points(*ids_scores: tuple[str, float]) -> list[ScoredPoint]:
@@ -49,13 +50,6 @@ def test_request_validation() -> None:
 
 def test_search_defaults_are_the_configured_defaults() -> None:
     """SearchDefaults() (what the benchmarks use) must be what a service built from Settings() gets."""
-    settings = Settings()
-    configured = SearchDefaults(
-        rrf_k=settings.search_rrf_k,
-        fusion=Fusion(settings.search_fusion),
-        vector_weight=settings.search_vector_weight,
-        keyword_weight=settings.search_keyword_weight,
-        candidates=settings.search_candidates,
-    )
+    configured = search_defaults(Settings())
     assert configured == SearchDefaults()
     assert configured.fusion is Fusion.WEIGHTED

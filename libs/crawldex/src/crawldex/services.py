@@ -243,18 +243,22 @@ class Services:
             await asyncio.to_thread(self.operations.close)
 
 
+def search_defaults(settings: Settings) -> SearchDefaults:
+    return SearchDefaults(
+        rrf_k=settings.search_rrf_k,
+        fusion=Fusion(settings.search_fusion),
+        vector_weight=settings.search_vector_weight,
+        keyword_weight=settings.search_keyword_weight,
+        candidates=settings.search_candidates,
+    )
+
+
 def make_search_service(embedder: Embedder, store: VectorStore, settings: Settings) -> SearchService:
     return SearchService(
         embedder=embedder,
         store=store,
         bm25=BM25Encoder(k1=settings.bm25_k1, b=settings.bm25_b, avg_doc_tokens=settings.bm25_avg_doc_tokens),
-        defaults=SearchDefaults(
-            rrf_k=settings.search_rrf_k,
-            fusion=Fusion(settings.search_fusion),
-            vector_weight=settings.search_vector_weight,
-            keyword_weight=settings.search_keyword_weight,
-            candidates=settings.search_candidates,
-        ),
+        defaults=search_defaults(settings),
     )
 
 
