@@ -35,7 +35,9 @@ from crawldex.webhooks.firecrawl import SIGNATURE_HEADER, sign
 from ingest_api.app import create_app
 from tests.conftest import API_TOKEN, WEBHOOK_SECRET
 
-pytestmark = pytest.mark.slow
+# About 2 minutes on 2 idle cores; the per-test limit of 300 s also counts the database and model set-up, which
+# on a loaded machine take as long again.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 CHANGEDETECTION_TOKEN = "test-changedetection-token"
 FIRECRAWL_WEBHOOK = "/api/webhook/firecrawl"
