@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
 from crawldex.adapters.embedder import Embedder
@@ -18,8 +19,19 @@ from crawldex.telemetry.metrics import initialize_label_sets
 from crawldex.telemetry.queue_metrics import QueueCollector
 from crawldex.worker import EmbeddedConsumer
 from ingest_api.errors import install_error_handlers
-from ingest_api.middleware import BodySizeLimit
-from ingest_api.routers import change_events, health, indexing, jobs, metrics, operations, search, webhooks
+from ingest_api.middleware import BodySizeLimit, cors_options
+from ingest_api.rate_limit import RateLimitMiddleware
+from ingest_api.routers import (
+    change_events,
+    crawls,
+    health,
+    indexing,
+    jobs,
+    metrics,
+    operations,
+    search,
+    webhooks,
+)
 from ingest_api.telemetry import RequestTelemetry
 
 log = logging.getLogger(__name__)
@@ -34,6 +46,18 @@ def check_settings(settings: Settings) -> None:
         log.warning(
             "embedded workers with a Qdrant server: fine, but separate index-worker processes scale better"
         )
+    log.info("ingest-api connects to %s", settings.startup_summary())
+    if settings.rate_limit_enabled:
+        log.info(
+            "rate limits: /api/* %d a minute per client (bursts of %d), webhooks %d a minute per sender "
+            "(bursts of %d)",
+            settings.rate_limit_api_per_minute,
+            settings.rate_limit_api_burst,
+            settings.rate_limit_webhook_per_minute,
+            settings.rate_limit_webhook_burst,
+        )
+    else:
+        log.warning("CRAWLDEX_RATE_LIMIT_ENABLED is false: no rate limits")
 
 
 def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastAPI:
@@ -87,10 +111,15 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
         search.router,
         operations.router,
         change_events.router,
+        crawls.router,
         health.router,
         metrics.router,
     ):
         app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.rate_limit_enabled:  # outside the body limit: a refused request's body is never read
+        app.add_middleware(RateLimitMiddleware, settings=settings)
+    if settings.cors_allow_origins:  # outside the limiter, so a browser can read its 429s
+        app.add_middleware(CORSMiddleware, **cors_options(settings.cors_allow_origins))
     app.add_middleware(RequestTelemetry)  # outermost: it sees every answer, the body limit's 413s included
     return app

@@ -1,8 +1,9 @@
-"""Pure ASGI middleware: the request body limit, enforced before any handler reads the body."""
+"""Pure ASGI middleware: the request body limit, enforced before any handler reads the body; CORS options."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,6 +18,26 @@ class BodyTooLargeError(HTTPException):
 
     def __init__(self, max_bytes: int) -> None:
         super().__init__(413, _too_large(max_bytes))
+
+
+def cors_options(origins: list[str]) -> dict[str, Any]:
+    """Starlette's CORSMiddleware for these origins only: no cookies (the API takes bearer tokens), and the
+    headers a browser client needs to read (rate limits, Retry-After, the request id)."""
+    return {
+        "allow_origins": origins,
+        "allow_methods": ["GET", "POST"],
+        "allow_headers": ["Authorization", "Content-Type", "X-Request-ID"],
+        "allow_credentials": False,
+        "expose_headers": [
+            "Retry-After",
+            "RateLimit-Limit",
+            "RateLimit-Remaining",
+            "RateLimit-Reset",
+            "RateLimit-Policy",
+            "X-Request-ID",
+        ],
+        "max_age": 600,
+    }
 
 
 def _count_rejected_webhook(scope: Scope) -> None:

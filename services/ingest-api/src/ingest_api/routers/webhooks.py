@@ -5,17 +5,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from datetime import datetime
-from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
-from crawldex.adapters.queue import removal_job_id
-from crawldex.db.change_events import ChangeEventRecord
-from crawldex.db.tables import ChangeEventStatus
+from crawldex.changes import open_change
+from crawldex.crawls import record_received, schedule_on_completion
 from crawldex.errors import DependencyUnavailableError
-from crawldex.models import utc_now
 from crawldex.services import Services
 from crawldex.telemetry.metrics import WEBHOOKS_RECEIVED, WEBHOOKS_REJECTED, event_label
 from crawldex.urls import canonicalize_url
@@ -28,14 +24,32 @@ from crawldex.webhooks.firecrawl import (
     parse_delivery,
     verify_signature,
 )
+from crawldex.webhooks.replay import TIMESTAMP_HEADER, StaleDeliveryError, check_delivery_time
 from ingest_api.deps import ServicesDep, SettingsDep
 from ingest_api.errors import problem
-from ingest_api.schemas import ChangeWebhookResponse, ErrorResponse, FailedDocument, WebhookResponse
+from ingest_api.schemas import (
+    CHANGEDETECTION_WEBHOOK_BODY,
+    FIRECRAWL_WEBHOOK_BODY,
+    ChangeWebhookResponse,
+    ErrorResponse,
+    FailedDocument,
+    WebhookResponse,
+    raw_body,
+)
 
 router = APIRouter(prefix="/api/webhook", tags=["webhooks"])
 SOURCE = "firecrawl"
 CHANGEDETECTION = "changedetection"
 log = logging.getLogger(__name__)
+TimestampHeader = Annotated[
+    str | None,
+    Header(
+        alias=TIMESTAMP_HEADER,
+        max_length=64,
+        description="When the delivery was sent (unix seconds or RFC 3339), for senders or proxies that can "
+        "add it; outside CRAWLDEX_WEBHOOK_REPLAY_WINDOW_SECONDS the delivery is refused (401)",
+    ),
+]
 
 
 @router.post(
@@ -51,6 +65,7 @@ log = logging.getLogger(__name__)
         503: {"model": ErrorResponse},
     },
     summary="Receive a Firecrawl webhook (crawl.page, batch_scrape.page, lifecycle events)",
+    openapi_extra=raw_body(FIRECRAWL_WEBHOOK_BODY),
 )
 async def firecrawl_webhook(
     request: Request,
@@ -58,6 +73,7 @@ async def firecrawl_webhook(
     services: ServicesDep,
     settings: SettingsDep,
     signature: Annotated[str | None, Header(alias=SIGNATURE_HEADER)] = None,
+    timestamp: TimestampHeader = None,
 ) -> WebhookResponse | Response:
     secret = settings.firecrawl_webhook_secret.get_secret_value() if settings.firecrawl_webhook_secret else ""
     if not secret:
@@ -68,7 +84,11 @@ async def firecrawl_webhook(
     body = await request.body()
     try:
         verify_signature(secret, body, signature)
+        check_delivery_time(timestamp, window_seconds=settings.webhook_replay_window_seconds)
         delivery = parse_delivery(body)
+    except StaleDeliveryError as exc:
+        WEBHOOKS_REJECTED.labels(SOURCE, "stale").inc()
+        return problem(exc.status_code, exc.reason)
     except WebhookRejectedError as exc:
         WEBHOOKS_REJECTED.labels(SOURCE, "signature" if exc.status_code == 401 else "payload").inc()
         return problem(exc.status_code, exc.reason)
@@ -91,10 +111,18 @@ async def _accept(delivery: FirecrawlDelivery, response: Response, services: Ser
         )
         job_ids.append(enqueued.job_id)
         deduplicated += enqueued.deduplicated
+    try:
+        await record_received(
+            services.crawls, delivery.crawl_id, list(zip(delivery.pages, job_ids, strict=True))
+        )
+    except DependencyUnavailableError:
+        # The pages are queued, and each index job records its page when it ends: only "pending" is lost.
+        log.exception("could not record the pages of Firecrawl crawl %s", delivery.crawl_id)
     change_event_ids: list[int] = []
     for change in delivery.monitor_changes:
-        event, job_id, _ = await _open_change(
-            services,
+        event, job_id, _ = await open_change(
+            services.change_events,
+            services.queue,
             source="firecrawl-monitor",
             url=change.url,
             canonical_url=canonicalize_url(change.url),
@@ -120,6 +148,10 @@ async def _accept(delivery: FirecrawlDelivery, response: Response, services: Ser
                 raise  # nothing else of this delivery was kept: 503, so the sender knows
             # The pages are queued; only the bookkeeping of the failed ones is lost. Say so, loudly.
             log.exception("could not record the failed pages of Firecrawl crawl %s", delivery.crawl_id)
+    # crawl.completed / batch_scrape.completed: read the results back, for pages whose webhook was lost.
+    reconciliation = await asyncio.to_thread(
+        schedule_on_completion, services.queue, services.settings, delivery.event_type, delivery.crawl_id
+    )
     if job_ids:
         result_status = "queued"
     else:
@@ -135,6 +167,7 @@ async def _accept(delivery: FirecrawlDelivery, response: Response, services: Ser
         deduplicated_jobs=deduplicated,
         failed_documents=[FailedDocument(url=f.url, error=f.error) for f in delivery.failed],
         change_event_ids=change_event_ids,
+        reconcile_job_id=reconciliation.job_id if reconciliation is not None else None,
     )
 
 
@@ -150,12 +183,14 @@ async def _accept(delivery: FirecrawlDelivery, response: Response, services: Ser
         503: {"model": ErrorResponse},
     },
     summary="Receive a changedetection.io notification (post:// JSON template or json:// envelope)",
+    openapi_extra=raw_body(CHANGEDETECTION_WEBHOOK_BODY, text=True),
 )
 async def changedetection_webhook(
     request: Request,
     services: ServicesDep,
     settings: SettingsDep,
     token_header: Annotated[str | None, Header(alias=CHANGEDETECTION_TOKEN_HEADER)] = None,
+    timestamp: TimestampHeader = None,
     token: Annotated[
         str | None, Query(max_length=512, description="The shared secret, if not in the header")
     ] = None,
@@ -172,13 +207,18 @@ async def changedetection_webhook(
         WEBHOOKS_REJECTED.labels(CHANGEDETECTION, "signature").inc()
         return problem(401, f"missing or wrong {CHANGEDETECTION_TOKEN_HEADER} header (or token parameter)")
     try:
+        check_delivery_time(timestamp, window_seconds=settings.webhook_replay_window_seconds)
         notification = parse_notification(await request.body())
+    except StaleDeliveryError as exc:
+        WEBHOOKS_REJECTED.labels(CHANGEDETECTION, "stale").inc()
+        return problem(exc.status_code, exc.reason)
     except WebhookRejectedError as exc:
         WEBHOOKS_REJECTED.labels(CHANGEDETECTION, "payload").inc()
         return problem(exc.status_code, exc.reason)
     try:
-        event, job_id, joined = await _open_change(
-            services,
+        event, job_id, joined = await open_change(
+            services.change_events,
+            services.queue,
             source=CHANGEDETECTION,
             url=notification.url,
             canonical_url=notification.canonical_url,
@@ -197,44 +237,3 @@ async def changedetection_webhook(
         url=event.url,
         watch_uuid=event.watch_uuid,
     )
-
-
-async def _open_change(
-    services: Services,
-    *,
-    source: str,
-    url: str,
-    canonical_url: str,
-    watch_uuid: str | None,
-    detected_at: datetime | None,
-    removed: bool,
-) -> tuple[ChangeEventRecord, str | None, bool]:
-    """Record the change and queue its work: a rescrape, or (for a page reported removed) its removal."""
-    event, joined = await services.change_events.open(
-        source=source,
-        watch_uuid=watch_uuid,
-        url=url,
-        canonical_url=canonical_url,
-        detected_at=detected_at,
-        status=ChangeEventStatus.INDEXING if removed else ChangeEventStatus.QUEUED,
-    )
-    try:
-        if removed:
-            job_id = removal_job_id(event.id)
-            await services.change_events.start_indexing(event.id, job_id)
-            await asyncio.to_thread(
-                partial(services.queue.enqueue_removal, received_at=utc_now()), url, event.id
-            )
-            return event, job_id, False
-        # Queued again for a joined notification too: idempotent by job id, and it re-creates the job if
-        # the first was lost (the API died between the row and the job, or Redis lost it).
-        job = await asyncio.to_thread(services.queue.enqueue_rescrape, event.id, event.url)
-    except DependencyUnavailableError as exc:
-        if not joined:  # no job will ever close this event: end it, so the watch is not tied to it
-            await services.change_events.finish(
-                event.id, ChangeEventStatus.FAILED, error=f"could not queue: {exc}"
-            )
-        raise
-    if not joined:
-        await services.change_events.set_rescrape_job(event.id, job.job_id)
-    return event, job.job_id, joined

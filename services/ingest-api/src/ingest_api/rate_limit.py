@@ -1,0 +1,224 @@
+"""Rate limits of /api/* as pure ASGI middleware; the counting is the core's `RedisRateLimiter` (GCRA).
+
+Two limits, each with a bucket per client in Redis (shared by every replica):
+
+- ``api``: every /api/* route but the webhooks. The client is the API token when the request carries the
+  right one (all holders of CRAWLDEX_API_TOKEN share one budget), else the client address: a wrong or
+  made-up token is counted by address, so changing it does not buy a fresh bucket.
+- ``webhook``: /api/webhook/*, by sender address, with its own (higher) limit; the API limit never applies.
+
+/health, /livez, /readyz, /metrics and the OpenAPI pages are outside /api/ and never limited. A refused
+request gets 429 with ``Retry-After``; every limited route's answer carries ``RateLimit-Limit``,
+``RateLimit-Remaining``, ``RateLimit-Reset`` and ``RateLimit-Policy``.
+
+If Redis does not answer, requests go through unchecked (fail open), counted in
+``crawldex_rate_limit_fail_open_total`` and logged once a minute: a limiter must not turn a Redis outage into
+errors. The routes that need Redis themselves (enqueueing) answer 503 with Retry-After on their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import Iterable
+
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from crawldex.adapters.rate_limit import RateDecision, RateLimit, RedisRateLimiter
+from crawldex.config import Settings
+from crawldex.errors import DependencyUnavailableError
+from crawldex.telemetry.metrics import RATE_LIMIT_FAIL_OPEN, RATE_LIMITED, WEBHOOKS_REJECTED
+from ingest_api.middleware import WEBHOOK_SOURCES
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/api/"
+WEBHOOK_PREFIX = "/api/webhook/"
+API, WEBHOOK = "api", "webhook"
+FAIL_OPEN_LOG_INTERVAL_SECONDS = 60.0
+
+
+class _EveryInterval:
+    """Logs a warning at most once per interval, saying how many it held back meanwhile."""
+
+    def __init__(self, interval_seconds: float) -> None:
+        self._interval = interval_seconds
+        self._next_at = 0.0
+        self._held_back = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._next_at:
+            self._held_back += 1
+            return
+        log.warning("%s (%d more since the last such warning)", message % args, self._held_back)
+        self._held_back = 0
+        self._next_at = now + self._interval
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def _address_key(address: str) -> str | None:
+    """The bucket of an address; IPv6 clients by their /64 (one host usually holds a whole /64)."""
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+def _limit_headers(decision: RateDecision, limit: RateLimit) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"ratelimit-limit", str(decision.limit).encode()),
+        (b"ratelimit-remaining", str(decision.remaining).encode()),
+        (b"ratelimit-reset", str(decision.reset_seconds).encode()),
+        (b"ratelimit-policy", limit.policy.encode()),
+    ]
+
+
+def _matching_route(routes: Iterable[BaseRoute], scope: Scope) -> BaseRoute | None:
+    for route in routes:
+        if route.matches(scope)[0] is not Match.FULL:
+            continue
+        # FastAPI keeps an included router whole: the route template is one of the router's own routes.
+        inner = getattr(getattr(route, "original_router", None), "routes", None)
+        if inner is not None:
+            found = _matching_route(inner, scope)
+            if found is not None:
+                return found
+        elif getattr(route, "path", None):
+            return route
+    return None
+
+
+def _label_route(scope: Scope) -> None:
+    """Name the route a refused request was for, so HTTP metrics count its 429 under that route."""
+    router = getattr(scope.get("app"), "router", None)
+    route = _matching_route(getattr(router, "routes", ()), scope)
+    if route is not None:
+        scope["route"] = route
+
+
+class RateLimitMiddleware:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self._redis_url = settings.redis_url
+        self._limits = {
+            API: RateLimit(settings.rate_limit_api_per_minute, settings.rate_limit_api_burst),
+            WEBHOOK: RateLimit(settings.rate_limit_webhook_per_minute, settings.rate_limit_webhook_burst),
+        }
+        token = settings.api_token.get_secret_value() if settings.api_token else ""
+        self._token = token.encode()
+        # The bucket of the token holders is named by a hash: the token itself never reaches Redis.
+        self._token_key = "token:" + hashlib.sha256(self._token).hexdigest()[:32]
+        self._forwarded_header = (
+            settings.rate_limit_forwarded_header.lower().encode()
+            if settings.rate_limit_trust_forwarded
+            else None
+        )
+        self._limiter: RedisRateLimiter | None = None
+        self._fail_open_log = _EveryInterval(FAIL_OPEN_LOG_INTERVAL_SECONDS)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, self._closing_at_shutdown(send))
+            return
+        path: str = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith(API_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        name = WEBHOOK if path.startswith(WEBHOOK_PREFIX) else API
+        limit = self._limits[name]
+        if self._limiter is None:  # made in the serving loop: its connections belong to that loop
+            self._limiter = RedisRateLimiter.from_url(self._redis_url)
+        try:
+            decision = await self._limiter.hit(name, self._identity(scope, name), limit)
+        except DependencyUnavailableError as exc:
+            RATE_LIMIT_FAIL_OPEN.labels(name).inc()
+            self._fail_open_log.warning("rate limits not enforced, Redis did not answer: %s", exc)
+            await self.app(scope, receive, send)
+            return
+        if not decision.allowed:
+            RATE_LIMITED.labels(name).inc()
+            source = WEBHOOK_SOURCES.get(path)
+            if source is not None:
+                WEBHOOKS_REJECTED.labels(source, "rate_limited").inc()
+            _label_route(scope)
+            await self._refuse(send, name, decision, limit)
+            return
+        headers = _limit_headers(decision, limit)
+
+        async def send_with_limit_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *headers]
+            await send(message)
+
+        await self.app(scope, receive, send_with_limit_headers)
+
+    def _identity(self, scope: Scope, name: str) -> str:
+        if name == API and self._token:
+            authorization = _header(scope, b"authorization") or b""
+            scheme, _, presented = authorization.partition(b" ")
+            if scheme.lower() == b"bearer" and hmac.compare_digest(presented.strip(), self._token):
+                return self._token_key
+        return "addr:" + self._client_address(scope)
+
+    def _client_address(self, scope: Scope) -> str:
+        if self._forwarded_header is not None:
+            forwarded = _header(scope, self._forwarded_header)
+            if forwarded:
+                # The last entry is the one the trusted proxy itself added; earlier ones are the client's say.
+                last = forwarded.decode("latin-1").rsplit(",", 1)[-1]
+                key = _address_key(last)
+                if key is not None:
+                    return key
+        client = scope.get("client")
+        if client:
+            return _address_key(str(client[0])) or str(client[0])[:64]
+        return "unknown"
+
+    @staticmethod
+    async def _refuse(send: Send, name: str, decision: RateDecision, limit: RateLimit) -> None:
+        routes = "webhook deliveries per sender" if name == WEBHOOK else "/api/* requests per client"
+        detail = (
+            f"rate limit exceeded: {limit.per_minute} {routes} a minute (bursts of {limit.burst}); "
+            f"retry in {decision.retry_after_seconds} s"
+        )
+        body = json.dumps({"detail": detail}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 429,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", str(decision.retry_after_seconds).encode()),
+                    *_limit_headers(decision, limit),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    def _closing_at_shutdown(self, send: Send) -> Send:
+        async def send_closing(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                limiter, self._limiter = self._limiter, None
+                if limiter is not None:
+                    await limiter.aclose()
+            await send(message)
+
+        return send_closing
