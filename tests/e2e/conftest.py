@@ -61,7 +61,7 @@ class Deployment:
 
     def env(self, name: str, **overrides: str) -> dict[str, str]:
         env = {**os.environ, **self.base_env, **overrides}
-        if "CRAWLDEX_QDRANT_URL" not in env:
+        if "CRAWLDEX_QDRANT_URL" not in env and "CRAWLDEX_DATA_DIR" not in overrides:
             # Without a Qdrant server each process needs its own embedded store (one process per store).
             env["CRAWLDEX_DATA_DIR"] = str(self.tmp / name)
         return env
@@ -77,9 +77,11 @@ class Deployment:
     def start_api(self, port: int, **env: str) -> Process:
         return self.start("ingest-api", [str(BIN / "crawldex-ingest-api")], CRAWLDEX_PORT=str(port), **env)
 
-    def start_worker(self, name: str) -> Process:
+    def start_worker(self, name: str, **env: str) -> Process:
         # Each worker serves /metrics on a port of its own, as each pod would.
-        return self.start(name, [str(BIN / "crawldex-index-worker")], CRAWLDEX_METRICS_PORT=str(free_port()))
+        return self.start(
+            name, [str(BIN / "crawldex-index-worker")], CRAWLDEX_METRICS_PORT=str(free_port()), **env
+        )
 
     def stop_all(self) -> None:
         for process in reversed(self.processes):

@@ -7,8 +7,10 @@ the model above all, serve every job; a forking worker would lose anything a job
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -44,6 +46,37 @@ def worker_name(kind: str, suffix: str = "") -> str:
     return f"{socket.gethostname()}.{os.getpid()}.{kind}{suffix}"
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_stop_with_parent_registered = False
+
+
+def _stop_with_parent() -> None:
+    """In a child just forked from a worker: get SIGTERM when the worker dies.
+
+    RQ forks its scheduler from the worker. A worker killed outright (SIGKILL, the OOM killer picking the
+    worker alone) stops nothing, and the orphaned scheduler would keep the scheduler lock (no live worker
+    could schedule retries) and, in the embedded mode, the vector store's file lock (no new worker could open
+    the store). With SIGTERM the scheduler stops as on a shutdown: it releases its locks and exits.
+    """
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the worker died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def stop_forked_children_with_their_worker() -> None:
+    """Once per process, on Linux: every process this one forks stops when its forking thread dies."""
+    global _stop_with_parent_registered
+    if sys.platform == "linux" and not _stop_with_parent_registered:
+        os.register_at_fork(after_in_child=_stop_with_parent)
+        _stop_with_parent_registered = True
+
+
 class CrawldexWorker(SimpleWorker):
     """Runs jobs in its own process; our jobs are JSON, never pickles.
 
@@ -71,6 +104,7 @@ class CrawldexWorker(SimpleWorker):
         # An idle worker blocks on the queue for worker_ttl - 15 s; it must wake for maintenance in time.
         kwargs.setdefault("worker_ttl", maintenance_seconds + 15)
         super().__init__(*args, **kwargs)
+        stop_forked_children_with_their_worker()
         self.heartbeat_seconds = heartbeat_seconds
         self._extra_maintenance = extra_maintenance
 
