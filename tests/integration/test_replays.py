@@ -29,6 +29,7 @@ from crawldex.config import Settings
 from crawldex.webhooks.firecrawl import sign
 from ingest_api.app import create_app
 from tests.conftest import API_TOKEN, WEBHOOK_SECRET, fixture_bytes
+from tests.deliveries import crawl_page_delivery
 from tests.pages import PageSite, serve_pages
 from tests.workers import running_workers, wait_until
 
@@ -51,18 +52,6 @@ def firecrawl(body: bytes) -> Delivery:
 def change(url: str) -> Delivery:
     body = json.dumps({"url": url, "title": "changed"}).encode()
     return Delivery("/api/webhook/changedetection", body, {"X-Crawldex-Token": CHANGE_TOKEN})
-
-
-def crawl_page(number: int, url: str, markdown: str) -> bytes:
-    return json.dumps(
-        {
-            "success": True,
-            "type": "crawl.page",
-            "id": "replay-crawl",
-            "webhookId": f"replay-{number}",
-            "data": [{"markdown": markdown, "metadata": {"url": url, "sourceURL": url, "statusCode": 200}}],
-        }
-    ).encode()
 
 
 @pytest.fixture
@@ -138,9 +127,21 @@ def test_every_webhook_replayed_three_times_gives_one_job_each_and_the_same_inde
     )
     deliveries = [
         firecrawl(
-            crawl_page(1, "https://replay.example/one", "# One\n\nHerons stand still in shallow water.")
+            crawl_page_delivery(
+                "https://replay.example/one",
+                webhook_id="replay-1",
+                crawl_id="replay-crawl",
+                markdown="# One\n\nHerons stand still in shallow water.",
+            )
         ),
-        firecrawl(crawl_page(2, "https://replay.example/two", "# Two\n\n" + long_text)),
+        firecrawl(
+            crawl_page_delivery(
+                "https://replay.example/two",
+                webhook_id="replay-2",
+                crawl_id="replay-crawl",
+                markdown="# Two\n\n" + long_text,
+            )
+        ),
         firecrawl(fixture_bytes("firecrawl", "v2_crawl_page.json")),
         firecrawl(fixture_bytes("firecrawl", "v1_batch_scrape_page.json")),
         firecrawl(fixture_bytes("firecrawl", "v0_crawl_page.json")),
