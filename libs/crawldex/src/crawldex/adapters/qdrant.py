@@ -37,7 +37,7 @@ KEYWORD = "keyword"
 INDEXED_FIELDS = ("doc_id", "domain", "crawl_id", "language", "language_primary", "url_prefixes")
 NUMERIC_FIELDS = ("chunk_index", "indexed_at_ts")
 # The local keyword index reads the collection in pages of this many points when the store opens.
-SCROLL_PAGE = 2000
+SCROLL_PAGE = 5000
 
 T = TypeVar("T")
 
@@ -225,7 +225,7 @@ class VectorStore:
                 with_payload=[*INDEXED_FIELDS, *NUMERIC_FIELDS],
                 with_vectors=[KEYWORD],
             )
-            index.upsert(_keyword_point(r.id, r.vector, r.payload) for r in records)
+            index.upsert((_keyword_point(r.id, r.vector, r.payload) for r in records), compact=False)
             if offset is None:
                 break
         index.compact()

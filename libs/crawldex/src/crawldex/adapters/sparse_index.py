@@ -88,7 +88,8 @@ class _Postings:
         slots: npt.NDArray[np.int32],
         values: npt.NDArray[np.float64],
     ) -> _Postings:
-        order = np.lexsort((slots, terms))
+        # One sort on (term, slot) packed into 64 bits: several times faster than np.lexsort.
+        order = np.argsort((terms.astype(np.uint64) << np.uint64(32)) | slots.astype(np.uint64))
         sorted_terms = terms[order]
         unique, first = np.unique(sorted_terms, return_index=True)
         starts = np.append(first, len(sorted_terms)).astype(np.int64)
@@ -115,7 +116,9 @@ def _field_values(payload: Mapping[str, Any], key: str) -> list[Any]:
     """The values a filter sees: a list is unwrapped one level, as Qdrant does."""
     if key not in payload:
         return []
-    value = to_jsonable_python(payload[key])  # what qdrant-client stores
+    value = payload[key]
+    if not isinstance(value, str | int | float | list | None):
+        value = to_jsonable_python(value)  # what qdrant-client stores (dates become strings, ...)
     return list(value) if isinstance(value, list) else [value]
 
 
@@ -228,7 +231,8 @@ class LocalKeywordIndex:
 
     # ---- writes, mirroring the store's writes to Qdrant ----
 
-    def upsert(self, points: Iterable[KeywordPoint]) -> None:
+    def upsert(self, points: Iterable[KeywordPoint], *, compact: bool = True) -> None:
+        """Insert or replace points; ``compact=False`` while loading, which compacts once at the end."""
         for point in points:
             slot = self._slot_of.get(point.id)
             if slot is None:
@@ -247,7 +251,8 @@ class LocalKeywordIndex:
             for key, numeric in self._numeric.items():
                 numeric.set(slot, _field_values(point.payload, key))
             self._changed += 1
-        self._maybe_compact()
+        if compact:
+            self._maybe_compact()
 
     def delete(self, conditions: Sequence[Condition]) -> int:
         """Delete the live points matching every condition; returns how many."""
