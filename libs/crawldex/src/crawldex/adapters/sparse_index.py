@@ -225,10 +225,6 @@ class LocalKeywordIndex:
     def __len__(self) -> int:
         return len(self._slot_of)
 
-    @property
-    def corpus_size(self) -> int:
-        return self._corpus
-
     # ---- writes, mirroring the store's writes to Qdrant ----
 
     def upsert(self, points: Iterable[KeywordPoint], *, compact: bool = True) -> None:
