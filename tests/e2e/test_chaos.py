@@ -340,7 +340,7 @@ def expected_chunks(markdown_by_url: dict[str, str], max_input_tokens: int) -> s
     }
 
 
-def test_nothing_is_lost_or_duplicated_under_chaos(chaos: Chaos) -> None:
+def test_nothing_is_lost_or_duplicated_under_chaos(chaos: Chaos, capsys: pytest.CaptureFixture[str]) -> None:
     started = time.monotonic()
     rng = random.Random(20261202)
     final_markdown: dict[str, str] = {}
@@ -479,17 +479,18 @@ def test_nothing_is_lost_or_duplicated_under_chaos(chaos: Chaos) -> None:
     assert {url: count for url, _, count in rows} == dict(chunk_counts)
     assert change_event_statuses(chaos.postgres.url) == {"indexed": CHANGED}
 
-    print(
-        f"\nchaos: sent {report.sent} deliveries ({PAGES} pages, {CHANGED} change notifications) in "
-        f"{report.attempts} requests (refused and retried by the sender: {dict(report.refused)}); "
-        f"indexed {len(rows)} documents, {len(points)} chunks (expected {len(expected)}), 0 duplicates; "
-        f"index jobs retried {retried} times; {supervisor.kills} index-workers SIGKILLed "
-        f"({supervisor.started} started), {len(supervisor.interrupted_jobs)} jobs interrupted mid-run and "
-        f"recovered; Redis crashed {chaos.redis_server.crashes}x, PostgreSQL restarted "
-        f"{chaos.postgres.restarts}x; rescrape-worker started {chaos.rescrape_starts}x; embedder failing 1 call "
-        "in 5; "
-        f"duration {drained - started:.0f} s (chaos {chaos_ended - started:.0f} s, drain {drained - chaos_ended:.0f} s)"
-    )
+    with capsys.disabled():  # the figures belong in make test's output
+        print(
+            f"\nchaos: sent {report.sent} deliveries ({PAGES} pages, {CHANGED} change notifications) in "
+            f"{report.attempts} requests (refused and retried by the sender: {dict(report.refused)}); "
+            f"indexed {len(rows)} documents, {len(points)} chunks (expected {len(expected)}), 0 duplicates; "
+            f"index jobs retried {retried} times; {supervisor.kills} index-workers SIGKILLed "
+            f"({supervisor.started} started), {len(supervisor.interrupted_jobs)} jobs interrupted mid-run and "
+            f"recovered; Redis crashed {chaos.redis_server.crashes}x, PostgreSQL restarted "
+            f"{chaos.postgres.restarts}x; rescrape-worker started {chaos.rescrape_starts}x; embedder failing 1 call "
+            "in 5; "
+            f"duration {drained - started:.0f} s (chaos {chaos_ended - started:.0f} s, drain {drained - chaos_ended:.0f} s)"
+        )
 
 
 def query(database_url: str, sql: str) -> list[asyncpg.Record]:

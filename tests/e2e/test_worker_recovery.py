@@ -46,7 +46,9 @@ def wait_for_status(job: Job, statuses: set[str], deployment: Deployment, timeou
     raise AssertionError(f"job {job.id} still {job.get_status()} after {timeout}s\n{logs}")
 
 
-def test_the_job_of_a_killed_worker_runs_again_on_another(deployment: Deployment, clean_redis: Any) -> None:
+def test_the_job_of_a_killed_worker_runs_again_on_another(
+    deployment: Deployment, clean_redis: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     store = str(deployment.tmp / "store")
     queue = queue_of(deployment, index_job_retries=2, index_job_retry_intervals=[1])
     page = PageDocument(url="https://e2e.example/killed", markdown=long_page(40))
@@ -69,7 +71,8 @@ def test_the_job_of_a_killed_worker_runs_again_on_another(deployment: Deployment
     assert result is not None
     assert result["status"] == "indexed"
     assert result["chunk_count"] > 100
-    print(f"\nkilled worker's job finished on the second worker {recovered_in:.1f} s after the kill")
+    with capsys.disabled():
+        print(f"\nkilled worker's job finished on the second worker {recovered_in:.1f} s after the kill")
 
 
 def test_a_job_past_its_timeout_fails_is_retried_then_kept_failed_with_its_error(
