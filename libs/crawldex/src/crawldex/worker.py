@@ -14,7 +14,9 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -107,6 +109,7 @@ class CrawldexWorker(SimpleWorker):
         stop_forked_children_with_their_worker()
         self.heartbeat_seconds = heartbeat_seconds
         self._extra_maintenance = extra_maintenance
+        self._heartbeat: JobHeartbeat | None = None
 
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
@@ -122,25 +125,80 @@ class CrawldexWorker(SimpleWorker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         self.prepare_execution(job)
-        finished = threading.Event()
-        beats = threading.Thread(
-            target=self._beat_until, args=(job, finished), name=f"heartbeat-{job.id}", daemon=True
-        )
-        beats.start()
-        try:
+        if self._heartbeat is None:
+            self._heartbeat = JobHeartbeat(self._beat, self.heartbeat_seconds, name=f"heartbeat-{self.name}")
+        with self._heartbeat.running(job):
             self.perform_job(job, queue)
-        finally:
-            finished.set()
-            beats.join()
         self.set_state(WorkerStatus.IDLE)
 
-    def _beat_until(self, job: Job, finished: threading.Event) -> None:
-        while not finished.wait(self.heartbeat_seconds):
-            try:
-                self.maintain_heartbeats(job)
-            except redis.RedisError as exc:
-                # Redis is away: the lease may lapse and the job run again elsewhere; jobs are idempotent.
-                log.warning("heartbeat of job %s failed: %s", job.id, exc)
+    def _beat(self, job: Job) -> None:
+        try:
+            self.maintain_heartbeats(job)
+        except redis.RedisError as exc:
+            # Redis is away: the lease may lapse and the job run again elsewhere; jobs are idempotent.
+            log.warning("heartbeat of job %s failed: %s", job.id, exc)
+
+    def teardown(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.close()
+            self._heartbeat = None
+        super().teardown()  # type: ignore[no-untyped-call]
+
+
+class JobHeartbeat:
+    """Calls ``beat(job)`` every ``interval`` seconds while a job runs, from one thread that serves every job
+    of a worker.
+
+    A thread per job would cost each job a thread start and a join, two hand-overs between threads that
+    a short job feels. This thread is never woken for a job: it sleeps until the running job's next beat
+    is due (or one interval while idle), so starting and ending a job only take a lock. A beat holds that
+    lock, so a job that ends waits for a beat in flight and no beat ever follows the end of its job.
+    """
+
+    def __init__(self, beat: Callable[[Job], None], interval: float, *, name: str) -> None:
+        self._beat = beat
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._job: Job | None = None
+        self._due = 0.0  # monotonic time of the running job's next beat
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @contextmanager
+    def running(self, job: Job) -> Iterator[None]:
+        with self._lock:
+            self._job = job
+            self._due = time.monotonic() + self._interval
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._job = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        with self._lock:
+            while not self._closed:
+                now = time.monotonic()
+                if self._job is not None and now >= self._due:
+                    try:
+                        self._beat(self._job)
+                    except Exception:
+                        # This thread serves every later job too: it must outlive any one beat's error.
+                        log.exception("heartbeat of job %s failed", self._job.id)
+                    # Counted from the beat's end, so the wait below always lets go of the lock, even
+                    # when Redis answers slower than the interval: the job can end meanwhile.
+                    self._due = time.monotonic() + self._interval
+                    continue
+                # Idle, it looks again after one interval: a job that starts meanwhile is due no sooner.
+                self._wake.wait(self._due - now if self._job is not None else self._interval)
 
 
 class EmbeddedWorker(CrawldexWorker):
@@ -191,7 +249,7 @@ class EmbeddedWorker(CrawldexWorker):
     def teardown(self) -> None:
         if self._scheduler is not None and self._scheduler.acquired_locks:
             self._scheduler.release_locks()  # type: ignore[no-untyped-call]
-        super().teardown()  # type: ignore[no-untyped-call]
+        super().teardown()
 
 
 def serve_metrics(settings: Settings) -> None:
