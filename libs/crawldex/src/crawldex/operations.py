@@ -76,6 +76,7 @@ class OperationWriter:
         self._flush_seconds = flush_seconds
         self._queue: queue.Queue[OperationRecord] = queue.Queue(maxsize=max_queued)
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="operation-metrics", daemon=True)
         self._thread.start()
 
@@ -87,6 +88,7 @@ class OperationWriter:
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until every record queued so far is written (tests, shutdown)."""
+        self._wake.set()
         deadline = time.monotonic() + timeout
         while self._queue.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -94,15 +96,20 @@ class OperationWriter:
     def close(self, timeout: float = 10.0) -> None:
         self.flush(timeout)
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout)
 
     def _run(self) -> None:
         runner = asyncio.Runner()
         engine = create_engine(self._url, pool_size=1)
         next_cleanup = 0.0
+        full = False
         try:
             while not (self._stop.is_set() and self._queue.empty()):
+                if not full and not self._stop.is_set():
+                    self._sleep()
                 batch = self._take_batch()
+                full = len(batch) == self._batch_size
                 if batch:
                     try:
                         runner.run(self._write(engine, batch))
@@ -122,20 +129,21 @@ class OperationWriter:
             runner.run(engine.dispose())
             runner.close()
 
+    def _sleep(self) -> None:
+        """One flush interval, or less when flush() or close() asks.
+
+        The writer sleeps instead of blocking on the queue: a thread blocked on the queue is woken by every
+        record (eight per index job), each a hand-over of the GIL that the job pays for; sleeping, it wakes
+        once an interval, and one INSERT takes what queued meanwhile.
+        """
+        self._wake.wait(self._flush_seconds)
+        self._wake.clear()
+
     def _take_batch(self) -> list[OperationRecord]:
-        """Rows that arrived within one flush interval of the first (or a full batch): one INSERT a second
-        at most, instead of one per job, so the writer does not compete with the jobs for the GIL."""
-        try:
-            batch = [self._queue.get(timeout=self._flush_seconds)]
-        except queue.Empty:
-            return []
-        deadline = time.monotonic() + self._flush_seconds
-        while len(batch) < self._batch_size and not self._stop.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
+        batch: list[OperationRecord] = []
+        while len(batch) < self._batch_size:
             try:
-                batch.append(self._queue.get(timeout=remaining))
+                batch.append(self._queue.get_nowait())
             except queue.Empty:
                 break
         return batch
