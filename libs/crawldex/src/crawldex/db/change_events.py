@@ -121,15 +121,15 @@ class ChangeEventRepository:
         Every transition is a compare-and-set: a late or repeated step (a retried rescrape, an index job
         that finished before its rescrape recorded it) can never reopen or overwrite a finished event.
         """
-        async with self._db.session() as session:
-            result = await session.execute(
+        async with self._db.statement() as conn:  # one UPDATE: atomic without a transaction around it
+            result = await conn.execute(
                 update(ChangeEvent)
                 .where(
                     ChangeEvent.id == event_id, ChangeEvent.status.in_([s.value for s in CHANGE_EVENT_OPEN])
                 )
                 .values(updated_at=utc_now(), **values)
             )
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            return bool(result.rowcount)
 
     async def set_rescrape_job(self, event_id: int, job_id: str) -> None:
         await self._update(event_id, rescrape_job_id=job_id)

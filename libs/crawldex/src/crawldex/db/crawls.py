@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from crawldex.db.database import Database
 from crawldex.db.tables import (
@@ -129,12 +128,6 @@ class CrawlRepository:
     def __init__(self, database: Database) -> None:
         self._db = database
 
-    def _insert(self) -> Any:
-        """The dialect's INSERT, which has ON CONFLICT (PostgreSQL; SQLite in the embedded mode)."""
-        if self._db.engine.dialect.name == "postgresql":
-            return postgresql.insert
-        return sqlite.insert
-
     async def record_pages(
         self,
         crawl_id: str,
@@ -170,12 +163,13 @@ class CrawlRepository:
             }
             for page in latest.values()
         ]
-        insert = self._insert()
-        async with self._db.session() as session:
-            for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-                statement = insert(CrawlPage).values(rows[start : start + _ROWS_PER_STATEMENT])
-                new = statement.excluded
-                statement = statement.on_conflict_do_update(
+        insert = self._db.insert()
+        statements = []
+        for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+            statement = insert(CrawlPage).values(rows[start : start + _ROWS_PER_STATEMENT])
+            new = statement.excluded
+            statements.append(
+                statement.on_conflict_do_update(
                     index_elements=[CrawlPage.crawl_id, CrawlPage.canonical_url],
                     set_={
                         "url": new.url,
@@ -191,6 +185,13 @@ class CrawlRepository:
                         and_(new.job_id == CrawlPage.job_id, new.state != CrawlPageState.PENDING.value),
                     ),
                 )
+            )
+        if len(statements) == 1:  # an index job's end, most webhooks: one statement needs no transaction
+            async with self._db.statement() as conn:
+                await conn.execute(statements[0])
+            return
+        async with self._db.session() as session:
+            for statement in statements:
                 await session.execute(statement)
 
     async def known_urls(self, crawl_id: str, canonical_urls: Collection[str]) -> set[str]:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from crawldex.errors import DependencyUnavailableError
 
@@ -34,9 +41,11 @@ def is_unreachable(exc: BaseException) -> bool:
     return False
 
 
-def create_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 5, autocommit: bool = False) -> AsyncEngine:
     parsed = make_url(url)
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if autocommit:
+        kwargs["isolation_level"] = "AUTOCOMMIT"
     if parsed.get_backend_name() == "sqlite":
         if parsed.database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -57,14 +66,41 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+@contextmanager
+def _unreachable_as_unavailable() -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        if is_unreachable(exc):
+            raise DependencyUnavailableError("database", f"{type(exc).__name__}: {exc}") from exc
+        raise
+
+
+def _is_memory_database(url: str) -> bool:
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
+
+
 class Database:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, autocommit_engine: AsyncEngine | None = None) -> None:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._autocommit_engine = autocommit_engine
 
     @classmethod
     def connect(cls, url: str) -> Database:
-        return cls(create_engine(url))
+        # A pool of its own keeps the statement connections in autocommit: checked out, they are pinged
+        # with one round trip. A connection of the transactional pool is pinged inside a transaction
+        # (BEGIN, ping, ROLLBACK), three. An in-memory SQLite database exists once per connection, so it
+        # cannot be shared by two pools.
+        autocommit = None if _is_memory_database(url) else create_engine(url, autocommit=True)
+        return cls(create_engine(url), autocommit)
+
+    def insert(self) -> Any:
+        """The dialect's INSERT, which has ON CONFLICT (PostgreSQL; SQLite in the embedded mode)."""
+        if self.engine.dialect.name == "postgresql":
+            return postgresql.insert
+        return sqlite.insert
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -73,13 +109,24 @@ class Database:
         A database that cannot be reached raises `DependencyUnavailableError` (the API answers 503,
         a job fails and is retried); any other database error propagates as it is.
         """
-        try:
+        with _unreachable_as_unavailable():
             async with self._sessions() as session, session.begin():
                 yield session
-        except Exception as exc:
-            if is_unreachable(exc):
-                raise DependencyUnavailableError("database", f"{type(exc).__name__}: {exc}") from exc
-            raise
+
+    @asynccontextmanager
+    async def statement(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for work of one statement (a lookup, an upsert, a compare-and-set), which
+        commits on its own: no BEGIN and COMMIT around it, two round trips fewer than `session`.
+
+        Work of several statements that must hold together belongs in `session`. Errors as in `session`.
+        """
+        with _unreachable_as_unavailable():
+            if self._autocommit_engine is not None:
+                async with self._autocommit_engine.connect() as conn:
+                    yield conn
+            else:
+                async with self.engine.connect() as conn:
+                    yield await conn.execution_options(isolation_level="AUTOCOMMIT")
 
     async def health(self) -> None:
         try:
@@ -90,3 +137,5 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._autocommit_engine is not None:
+            await self._autocommit_engine.dispose()

@@ -1,4 +1,4 @@
-"""Reads and writes of the documents and crawl_events tables, each in its own short transaction."""
+"""Reads and writes of the documents and crawl_events tables, each its own short transaction (or one statement)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy import ColumnElement, bindparam, case, func, select
 
 from crawldex.db.database import Database
 from crawldex.db.tables import CrawlEvent, Document, OperationMetric
@@ -42,31 +42,46 @@ def _record(row: Document) -> DocumentRecord:
     )
 
 
+_DOCUMENT_FIELDS = (
+    "doc_id",
+    "canonical_url",
+    "url",
+    "title",
+    "content_hash",
+    "chunk_count",
+    "status",
+    "crawl_id",
+    "indexed_at",
+    "source_received_at",
+)
+
+
 class DocumentRepository:
+    """Each index job reads and writes its document once: both are one statement without a transaction
+    around it (see `Database.statement`), built once (building one costs more than running it)."""
+
     def __init__(self, database: Database) -> None:
         self._db = database
+        columns = [Document.__table__.c[name] for name in _DOCUMENT_FIELDS]
+        self._select = select(*columns).where(Document.doc_id == bindparam("id"))
+        insert = database.insert()(Document)
+        self._upsert = insert.on_conflict_do_update(
+            index_elements=[Document.doc_id],
+            set_={
+                **{name: insert.excluded[name] for name in _DOCUMENT_FIELDS if name != "doc_id"},
+                "updated_at": func.now(),
+            },
+        )
 
     async def get(self, doc_id: uuid.UUID) -> DocumentRecord | None:
-        async with self._db.session() as session:
-            row = await session.get(Document, doc_id)
-            return _record(row) if row is not None else None
+        async with self._db.statement() as conn:
+            row = (await conn.execute(self._select, {"id": doc_id})).first()
+        return DocumentRecord(**row._mapping) if row is not None else None
 
     async def save(self, record: DocumentRecord) -> None:
-        async with self._db.session() as session:
-            row = await session.get(Document, record.doc_id, with_for_update=True)
-            if row is None:
-                row = Document(doc_id=record.doc_id)
-                session.add(row)
-            row.canonical_url = record.canonical_url
-            row.url = record.url
-            row.title = record.title
-            row.content_hash = record.content_hash
-            row.chunk_count = record.chunk_count
-            row.status = record.status
-            row.crawl_id = record.crawl_id
-            row.indexed_at = record.indexed_at
-            row.source_received_at = record.source_received_at
-            row.updated_at = func.now()
+        """Insert or replace the document's row in one statement (ON CONFLICT), atomic as it is."""
+        async with self._db.statement() as conn:
+            await conn.execute(self._upsert, {name: getattr(record, name) for name in _DOCUMENT_FIELDS})
 
     async def count(self, *, statuses: Collection[str] | None = None) -> int:
         conditions = [Document.status.in_(list(statuses))] if statuses is not None else []
