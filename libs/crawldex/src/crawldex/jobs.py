@@ -66,7 +66,7 @@ class JobLoop:
         limit = None if timeout is None else max(1.0, timeout - self.TIMEOUT_MARGIN_SECONDS)
         try:
             # The job's log and trace context (contextvars) must reach the coroutine.
-            return self._runner.run(asyncio.wait_for(coroutine, limit), context=contextvars.copy_context())
+            return self._runner.run(_within(coroutine, limit), context=contextvars.copy_context())
         except BaseException:
             self._cancel_leftovers()
             raise
@@ -83,6 +83,13 @@ class JobLoop:
 
     def close(self) -> None:
         self._runner.close()
+
+
+async def _within(coroutine: Coroutine[Any, Any, T], limit: float | None) -> T:
+    """``coroutine`` in the runner's own task, cancelled after ``limit`` seconds (TimeoutError):
+    `asyncio.wait_for` would run it in a second task, one more for every job."""
+    async with asyncio.timeout(limit):
+        return await coroutine
 
 
 class WorkerRuntime:
