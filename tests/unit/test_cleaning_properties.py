@@ -53,12 +53,15 @@ def test_cleaning_is_idempotent_and_leaves_no_noise(markdown: str) -> None:
 
 
 @given(st.text(alphabet=st.characters(exclude_characters="[]!"), max_size=300))
+@example("\u0339 \u0334")  # removing the space lets NFC reorder the marks: compare both sides normalised
 def test_text_without_brackets_loses_only_noise(markdown: str) -> None:
     """Without link syntax, only whitespace and the invisible characters change; the rest is kept in
     order (up to Unicode composition)."""
     cleaned = clean_markdown(markdown)
     visible = NOISE.sub("", markdown)
-    assert "".join(cleaned.split()) == unicodedata.normalize("NFC", "".join(visible.split()))
+    assert unicodedata.normalize("NFC", "".join(cleaned.split())) == unicodedata.normalize(
+        "NFC", "".join(visible.split())
+    )
 
 
 @given(alt=st.text(alphabet=st.characters(exclude_characters="[]!()"), max_size=20), prose=st.text(
