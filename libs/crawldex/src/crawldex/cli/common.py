@@ -259,3 +259,15 @@ def warn_without_workers(admin: QueueAdmin, queue: str) -> None:
             f"warning: no worker is serving the {queue} queue; the jobs wait until one runs",
             file=sys.stderr,
         )
+
+
+async def wait_for_indexing(
+    operator: Operator, job_ids: Iterable[str], *, give_up_after: float, quiet: bool, description: str
+) -> WaitReport:
+    """Warn if no index-worker is serving, then wait for the jobs on the indexing queue to end."""
+    from crawldex.config import QUEUE_INDEXING
+
+    await asyncio.to_thread(warn_without_workers, operator.admin, QUEUE_INDEXING)
+    return await wait_for_jobs(
+        operator.admin, job_ids, give_up_after=give_up_after, quiet=quiet, description=description
+    )

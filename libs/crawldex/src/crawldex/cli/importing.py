@@ -22,11 +22,10 @@ from crawldex.cli.common import (
     positive_int,
     progress,
     validation_message,
-    wait_for_jobs,
-    warn_without_workers,
+    wait_for_indexing,
 )
 from crawldex.cli.sources import IMPORT_SOURCE, SourceItem
-from crawldex.config import QUEUE_INDEXING, Settings
+from crawldex.config import Settings
 
 if TYPE_CHECKING:
     from crawldex.adapters.queue import JobQueue
@@ -218,13 +217,8 @@ async def run_import(args: argparse.Namespace, settings: Settings) -> int:
         report.print()
         if not args.wait or not report.job_ids:
             return EXIT_OK if report.complete else EXIT_FAILED
-        await asyncio.to_thread(warn_without_workers, operator.admin, QUEUE_INDEXING)
-        waited = await wait_for_jobs(
-            operator.admin,
-            report.job_ids,
-            give_up_after=args.timeout,
-            quiet=args.quiet,
-            description="indexing",
+        waited = await wait_for_indexing(
+            operator, report.job_ids, give_up_after=args.timeout, quiet=args.quiet, description="indexing"
         )
     print(waited.summary())
     _print_problems("failed jobs", sorted(waited.errors.items()))

@@ -21,10 +21,9 @@ from crawldex.cli.common import (
     operator_context,
     positive_float,
     print_json,
-    wait_for_jobs,
-    warn_without_workers,
+    wait_for_indexing,
 )
-from crawldex.config import QUEUE_INDEXING, Settings
+from crawldex.config import Settings
 
 KINDS = ("crawl", "batch_scrape")
 
@@ -111,13 +110,8 @@ async def run_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     if not args.wait or not report.job_ids:
         return EXIT_OK
     async with operator_context(settings) as operator:
-        await asyncio.to_thread(warn_without_workers, operator.admin, QUEUE_INDEXING)
-        waited = await wait_for_jobs(
-            operator.admin,
-            report.job_ids,
-            give_up_after=args.timeout,
-            quiet=args.quiet,
-            description="indexing",
+        waited = await wait_for_indexing(
+            operator, report.job_ids, give_up_after=args.timeout, quiet=args.quiet, description="indexing"
         )
     print(waited.summary())
     return EXIT_OK if waited.ok else EXIT_FAILED

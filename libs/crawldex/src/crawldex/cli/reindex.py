@@ -10,7 +10,6 @@ content changed. A purge is a removal job on the index-worker.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from typing import Any
 
@@ -26,10 +25,9 @@ from crawldex.cli.common import (
     positive_float,
     positive_int,
     progress,
-    wait_for_jobs,
-    warn_without_workers,
+    wait_for_indexing,
 )
-from crawldex.config import QUEUE_INDEXING, Settings
+from crawldex.config import Settings
 
 REINDEXED_STATUSES = ("indexed", "empty")  # documents.status values a reindex --all re-fetches (not gone)
 
@@ -202,13 +200,8 @@ async def run_purge(args: argparse.Namespace, settings: Settings) -> int:
         print(f"removal job {opened.job_id} queued (change event {opened.event.id}) for {canonical}")
         if not args.wait or opened.job_id is None:
             return EXIT_OK
-        await asyncio.to_thread(warn_without_workers, operator.admin, QUEUE_INDEXING)
-        waited = await wait_for_jobs(
-            operator.admin,
-            [opened.job_id],
-            give_up_after=args.timeout,
-            quiet=args.quiet,
-            description="removing",
+        waited = await wait_for_indexing(
+            operator, [opened.job_id], give_up_after=args.timeout, quiet=args.quiet, description="removing"
         )
     if waited.outcomes["gone"]:
         print(f"removed {canonical} from the index")
