@@ -7,9 +7,9 @@ the embedded mode runs the API and its queue consumers in one process.
 qdrant-client is synchronous here on purpose: its local mode runs in the caller's thread either way,
 so every call is moved off the event loop with ``asyncio.to_thread``.
 
-In the local mode, keyword (sparse) queries are answered by ``LocalKeywordIndex``, an inverted index
-this store keeps beside the collection and updates on each of its writes: qdrant-client scores every
-stored sparse vector in Python per query. Dense queries and everything else go to qdrant-client.
+In the local mode, dense and keyword queries are answered by ``LocalIndex``, a mirror of the
+collection's vectors this store keeps beside it and updates on each of its writes: qdrant-client scores
+every stored vector in Python per query. Writes, payloads and counts go to qdrant-client.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from qdrant_client import QdrantClient, models
 
-from crawldex.adapters.sparse_index import AtLeast, Condition, KeywordPoint, LocalKeywordIndex, Match
+from crawldex.adapters.local_index import AtLeast, Condition, LocalIndex, LocalPoint, Match
 from crawldex.errors import ConfigurationError, DependencyUnavailableError
 from crawldex.keyword import SparseVector
 
@@ -106,13 +106,13 @@ def _doc_conditions(doc_id: uuid.UUID, *, from_chunk: int | None = None) -> list
     return found
 
 
-def _keyword_point(
-    point_id: models.ExtendedPointId, vector: Any, payload: dict[str, Any] | None
-) -> KeywordPoint:
+def _local_point(point_id: models.ExtendedPointId, vector: Any, payload: dict[str, Any] | None) -> LocalPoint:
     sparse = vector.get(KEYWORD) if isinstance(vector, dict) else None
+    dense = vector.get(DENSE) if isinstance(vector, dict) else None
+    dense = dense if isinstance(dense, list) else None
     if not isinstance(sparse, models.SparseVector):
-        return KeywordPoint(str(point_id), [], [], payload or {}, has_keyword=False)
-    return KeywordPoint(str(point_id), sparse.indices, sparse.values, payload or {})
+        return LocalPoint(str(point_id), [], [], payload or {}, has_keyword=False, dense=dense)
+    return LocalPoint(str(point_id), sparse.indices, sparse.values, payload or {}, dense=dense)
 
 
 class VectorStore:
@@ -124,8 +124,8 @@ class VectorStore:
         self._lock: threading.Lock | None = threading.Lock() if serialize else None
         # Local mode only: built when the collection is known (ensure_collection), dropped when a write
         # fails part-way (it may no longer mirror the collection) and rebuilt by the next search.
-        self._keyword_index: LocalKeywordIndex | None = None
-        self._keyword_index_wanted = False
+        self._local: LocalIndex | None = None
+        self._local_wanted = False
 
     @classmethod
     def open(
@@ -144,9 +144,9 @@ class VectorStore:
         return cls(client, collection, serialize=True)
 
     @property
-    def has_local_keyword_index(self) -> bool:
-        """Whether keyword queries are answered by the in-process index (the embedded store only)."""
-        return self._keyword_index is not None
+    def has_local_index(self) -> bool:
+        """Whether queries are answered by the in-process index (the embedded store only)."""
+        return self._local is not None
 
     def _guard(self) -> AbstractContextManager[Any]:
         return self._lock if self._lock is not None else nullcontext()
@@ -176,8 +176,8 @@ class VectorStore:
                         f"produces {dimension}: use another CRAWLDEX_QDRANT_COLLECTION or re-create it"
                     )
                 if self.is_local:
-                    self._keyword_index_wanted = True
-                    self._keyword_index = self._load_keyword_index()
+                    self._local_wanted = True
+                    self._local = self._load_local_index()
                 return
             self._client.create_collection(
                 self.collection,
@@ -185,8 +185,8 @@ class VectorStore:
                 sparse_vectors_config={KEYWORD: models.SparseVectorParams(modifier=models.Modifier.IDF)},
             )
             if self.is_local:
-                self._keyword_index_wanted = True
-                self._keyword_index = self._load_keyword_index()
+                self._local_wanted = True
+                self._local = self._load_local_index()
             else:  # the local mode ignores payload indexes (and warns)
                 for field in INDEXED_FIELDS:
                     self._client.create_payload_index(
@@ -201,20 +201,23 @@ class VectorStore:
 
         await self._call(run)
 
-    def _load_keyword_index(self) -> LocalKeywordIndex | None:
-        """Read the collection's keyword vectors into a new index (the caller holds the lock)."""
+    def _load_local_index(self) -> LocalIndex | None:
+        """Read the collection's vectors into a new index (the caller holds the lock)."""
         info = self._client.get_collection(self.collection)
         sparse = (info.config.params.sparse_vectors or {}).get(KEYWORD)
         if sparse is None:
-            log.warning(
-                "collection %s has no %r sparse vector: no local keyword index", self.collection, KEYWORD
-            )
-            self._keyword_index_wanted = False
+            log.warning("collection %s has no %r sparse vector: no local index", self.collection, KEYWORD)
+            self._local_wanted = False
             return None
-        index = LocalKeywordIndex(
+        vectors = info.config.params.vectors
+        dense = vectors.get(DENSE) if isinstance(vectors, dict) else None
+        # The mirror computes cosine only; another distance leaves dense queries to qdrant-client.
+        cosine = dense is not None and dense.distance == models.Distance.COSINE
+        index = LocalIndex(
             idf=sparse.modifier == models.Modifier.IDF,
             keyword_fields=INDEXED_FIELDS,
             numeric_fields=NUMERIC_FIELDS,
+            dimension=dense.size if dense is not None and cosine else None,
         )
         offset: models.ExtendedPointId | None = None
         while True:
@@ -223,31 +226,31 @@ class VectorStore:
                 limit=SCROLL_PAGE,
                 offset=offset,
                 with_payload=[*INDEXED_FIELDS, *NUMERIC_FIELDS],
-                with_vectors=[KEYWORD],
+                with_vectors=[KEYWORD, DENSE] if cosine else [KEYWORD],
             )
-            index.upsert((_keyword_point(r.id, r.vector, r.payload) for r in records), compact=False)
+            index.upsert((_local_point(r.id, r.vector, r.payload) for r in records), compact=False)
             if offset is None:
                 break
         index.compact()
         return index
 
-    def _local_index(self) -> LocalKeywordIndex | None:
-        """The local keyword index, rebuilt if a failed write dropped it (the caller holds the lock)."""
-        if self._keyword_index is None and self._keyword_index_wanted:
-            self._keyword_index = self._load_keyword_index()
-        return self._keyword_index
+    def _local_index(self) -> LocalIndex | None:
+        """The local index, rebuilt if a failed write dropped it (the caller holds the lock)."""
+        if self._local is None and self._local_wanted:
+            self._local = self._load_local_index()
+        return self._local
 
-    async def _write(self, write: Callable[[], Any], mirror: Callable[[LocalKeywordIndex], Any]) -> None:
-        """Run a write against Qdrant, then the same write against the local keyword index."""
+    async def _write(self, write: Callable[[], Any], mirror: Callable[[LocalIndex], Any]) -> None:
+        """Run a write against Qdrant, then the same write against the local index."""
 
         def run() -> None:
             try:
                 write()
-                if self._keyword_index is not None:
-                    mirror(self._keyword_index)
+                if self._local is not None:
+                    mirror(self._local)
             except BaseException:
                 # The write may have been applied in part: the index is rebuilt from the collection.
-                self._keyword_index = None
+                self._local = None
                 raise
 
         await self._call(run)
@@ -269,7 +272,8 @@ class VectorStore:
         await self._write(
             lambda: self._client.upsert(self.collection, points=structs, wait=True),
             lambda index: index.upsert(
-                KeywordPoint(str(p.id), p.keyword.indices, p.keyword.values, p.payload) for p in points
+                LocalPoint(str(p.id), p.keyword.indices, p.keyword.values, p.payload, dense=p.dense)
+                for p in points
             ),
         )
 
@@ -311,11 +315,12 @@ class VectorStore:
         want_keyword = keyword is not None and not keyword.is_empty
 
         def run() -> tuple[list[ScoredPoint], list[ScoredPoint]]:
-            index = self._local_index() if want_keyword and self.is_local else None
+            index = self._local_index() if self.is_local else None
             if index is not None and not index.supports(conditions):
                 index = None
+            local_dense = dense is not None and index is not None and index.dimension is not None
             requests: list[models.QueryRequest] = []
-            if dense is not None:
+            if dense is not None and not local_dense:
                 requests.append(
                     models.QueryRequest(query=dense, using=DENSE, filter=flt, limit=limit, with_payload=True)
                 )
@@ -333,32 +338,41 @@ class VectorStore:
                 [ScoredPoint(id=str(p.id), score=p.score, payload=dict(p.payload or {})) for p in r.points]
                 for r in responses
             ]
-            dense_hits = ranked.pop(0) if dense is not None else []
-            if keyword is not None and index is not None:
-                keyword_hits = self._with_payloads(
-                    index.search(keyword.indices, keyword.values, conditions, limit)
-                )
+            local_hits: list[list[tuple[str, float]]] = []
+            if dense is not None and index is not None and local_dense:
+                local_hits.append(index.search_dense(dense, conditions, limit))
+            if keyword is not None and want_keyword and index is not None:
+                local_hits.append(index.search(keyword.indices, keyword.values, conditions, limit))
+            with_payloads = self._with_payloads(local_hits)
+            dense_hits = (with_payloads.pop(0) if local_dense else ranked.pop(0)) if dense is not None else []
+            if keyword is not None and want_keyword:
+                keyword_hits = with_payloads.pop(0) if index is not None else ranked.pop(0)
             else:
-                keyword_hits = ranked.pop(0) if ranked else []
+                keyword_hits = []
             return dense_hits, keyword_hits
 
         return await self._call(run)
 
-    def _with_payloads(self, hits: list[tuple[str, float]]) -> list[ScoredPoint]:
-        if not hits:
-            return []
-        records = self._client.retrieve(self.collection, ids=[i for i, _ in hits], with_payload=True)
+    def _with_payloads(self, rankings: list[list[tuple[str, float]]]) -> list[list[ScoredPoint]]:
+        """The local index's rankings with each point's payload, read in one retrieve."""
+        ids = list(dict.fromkeys(i for hits in rankings for i, _ in hits))
+        if not ids:
+            return [[] for _ in rankings]
+        records = self._client.retrieve(self.collection, ids=ids, with_payload=True)
         payloads = {str(r.id): dict(r.payload or {}) for r in records}
-        if len(payloads) < len(hits):  # cannot happen while every write goes through this store
-            log.error("the local keyword index names points the collection lacks: rebuilding it")
-            self._keyword_index = None
-        return [ScoredPoint(id=i, score=score, payload=payloads[i]) for i, score in hits if i in payloads]
+        if len(payloads) < len(ids):  # cannot happen while every write goes through this store
+            log.error("the local index names points the collection lacks: rebuilding it")
+            self._local = None
+        return [
+            [ScoredPoint(id=i, score=score, payload=payloads[i]) for i, score in hits if i in payloads]
+            for hits in rankings
+        ]
 
     async def health(self) -> None:
         await self._call(lambda: self._client.collection_exists(self.collection))
 
     def close(self) -> None:
         with self._guard():
-            self._keyword_index = None
-            self._keyword_index_wanted = False
+            self._local = None
+            self._local_wanted = False
             self._client.close()

@@ -1,11 +1,18 @@
-"""An in-process inverted index over the keyword (sparse) vectors of the embedded Qdrant collection.
+"""An in-process index over the vectors of the embedded Qdrant collection: dense and keyword (sparse).
 
-qdrant-client's local mode answers a sparse query by taking the dot product with every stored vector
-in Python, O(points) per query (hundreds of milliseconds at 10k chunks). This index answers the same
-query from posting lists with numpy, in time proportional to the postings of the query's terms, and
-gives the same scores: the same IDF, ``ln(1 + (N - df + 0.5) / (df + 0.5))`` over the live points
-that have the vector, the same float64 products summed in ascending term order, rounded to float32 as
-qdrant-client does. Only the order among equal scores may differ, as it does between Qdrant versions.
+qdrant-client's local mode answers a query by scoring every stored vector in Python: a sparse dot
+product per point (hundreds of milliseconds at 10k chunks), and for a dense query it re-normalises
+the whole vector matrix before one matrix-vector product (tens of milliseconds). This index answers
+the same queries from structures built for them, with the same scores:
+
+- keyword: posting lists with numpy, in time proportional to the postings of the query's terms; the
+  same IDF, ``ln(1 + (N - df + 0.5) / (df + 0.5))`` over the live points that have the vector, the
+  same float64 products summed in ascending term order, rounded to float32 as qdrant-client does.
+- dense (cosine): a float32 matrix of the unit vectors, normalised once when written, as Qdrant
+  normalises them on upsert; the score is the dot product with the normalised query. Float32
+  summation order may differ from qdrant-client's in the last bit.
+
+Only the order among equal scores may differ, as it does between Qdrant versions.
 
 The index is a mirror: the vector store builds it from a scroll of the collection and applies every
 write it makes to Qdrant to it as well. That is only sound because the embedded store has a single
@@ -15,7 +22,7 @@ Payload filters are evaluated from columns of the payload fields the store filte
 match like Qdrant's ``MatchValue`` (the value, or one element of a list, equals the string), numeric
 fields like a lower-bounded ``Range`` (some numeric value above the bound).
 
-Layout: a compacted term-major part (CSC: sorted terms, offsets, slots, values) plus the vectors
+Keyword layout: a compacted term-major part (CSC: sorted terms, offsets, slots, values) plus the vectors
 written since, kept per slot and turned into a second small term-major part when a query needs it.
 A slot whose vector was overwritten or deleted is masked out of the compacted part; both parts are
 merged once the changes since the last compaction exceed a fraction of the collection.
@@ -64,12 +71,13 @@ Condition = Match | AtLeast
 
 
 @dataclass(frozen=True)
-class KeywordPoint:
+class LocalPoint:
     id: str
     indices: Sequence[int]
     values: Sequence[float]
     payload: Mapping[str, Any]
     has_keyword: bool = True  # False: the point has no keyword vector (not part of the IDF corpus)
+    dense: Sequence[float] | None = None  # None: the point has no dense vector
 
 
 @dataclass(frozen=True)
@@ -204,11 +212,31 @@ class _NumericColumn:
             return values >= bound if inclusive else values > bound
 
 
-class LocalKeywordIndex:
-    """Sparse dot-product search over a mirror of the collection's keyword vectors (see module doc)."""
+def unit_vector(vector: Sequence[float] | npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The float32 vector scaled to length 1 (a zero vector stays zero), as Qdrant stores a cosine vector."""
+    array = np.asarray(vector, dtype=np.float32)
+    norm = np.linalg.norm(array)
+    return array / norm if norm != 0.0 else array
 
-    def __init__(self, *, idf: bool, keyword_fields: Iterable[str], numeric_fields: Iterable[str]) -> None:
+
+class LocalIndex:
+    """Dense and keyword search over a mirror of the collection's vectors (see module doc).
+
+    ``dimension`` is the dense vector's size; ``None`` keeps no dense vectors (keyword search only).
+    """
+
+    def __init__(
+        self,
+        *,
+        idf: bool,
+        keyword_fields: Iterable[str],
+        numeric_fields: Iterable[str],
+        dimension: int | None = None,
+    ) -> None:
         self.idf = idf
+        self.dimension = dimension
+        self._dense = np.zeros((0, dimension or 0), np.float32)
+        self._has_dense: Mask = np.zeros(0, np.bool_)
         self._keyword = {key: _KeywordColumn() for key in keyword_fields}
         self._numeric = {key: _NumericColumn() for key in numeric_fields}
         self._slot_of: dict[str, int] = {}
@@ -227,7 +255,7 @@ class LocalKeywordIndex:
 
     # ---- writes, mirroring the store's writes to Qdrant ----
 
-    def upsert(self, points: Iterable[KeywordPoint], *, compact: bool = True) -> None:
+    def upsert(self, points: Iterable[LocalPoint], *, compact: bool = True) -> None:
         """Insert or replace points; ``compact=False`` while loading, which compacts once at the end."""
         for point in points:
             slot = self._slot_of.get(point.id)
@@ -242,6 +270,7 @@ class LocalKeywordIndex:
                 self._recent[slot] = (indices[order].astype(np.uint32), values[order])
                 self._recent_postings = None
                 self._corpus += 1
+            self._set_dense(slot, point.dense)
             for key, keyword in self._keyword.items():
                 keyword.set(slot, _field_values(point.payload, key))
             for key, numeric in self._numeric.items():
@@ -255,6 +284,7 @@ class LocalKeywordIndex:
         slots = self._matching(conditions)
         for slot in slots.tolist():
             self._drop_vector(slot)
+            self._set_dense(slot, None)
             for keyword in self._keyword.values():
                 keyword.clear(slot)
             for numeric in self._numeric.values():
@@ -325,20 +355,55 @@ class LocalKeywordIndex:
             candidates = candidates[self._mask(candidates, conditions)]
         if not len(candidates) or limit <= 0:
             return []
-        rounded = scores[candidates].astype(np.float32)
-        if len(candidates) > limit:
-            # The limit-th best score; among points tied with it the lowest slots are kept, so the
-            # choice is deterministic.
-            kth = np.partition(rounded, len(rounded) - limit)[len(rounded) - limit]
-            above = rounded > kth
-            tied = np.flatnonzero(rounded == kth)[: limit - int(np.count_nonzero(above))]
-            keep = np.concatenate([np.flatnonzero(above), tied])
-            candidates, rounded = candidates[keep], rounded[keep]
-        order = np.lexsort((candidates, -rounded))
-        ids = self._ids
-        return [(str(ids[int(candidates[i])]), float(rounded[i])) for i in order]
+        return self._top(candidates, scores[candidates].astype(np.float32), limit)
+
+    def search_dense(
+        self, vector: Sequence[float], conditions: Sequence[Condition], limit: int
+    ) -> list[tuple[str, float]]:
+        """The ``limit`` most cosine-similar (point id, score) pairs, best first."""
+        if self.dimension is None:
+            raise ValueError("this index keeps no dense vectors")
+        if not self.supports(conditions):
+            raise ValueError("a condition names a payload field the index does not keep")
+        if len(vector) != self.dimension:
+            raise ValueError(f"query vector has {len(vector)} dimensions, the collection {self.dimension}")
+        query = unit_vector(vector)
+        if np.isnan(query).any():
+            raise ValueError("Query vector must not contain NaN")
+        candidates = np.flatnonzero(self._has_dense)
+        if len(candidates) and conditions:
+            candidates = candidates[self._mask(candidates, conditions)]
+        if not len(candidates) or limit <= 0:
+            return []
+        # One product over every slot beats gathering the candidate rows first (a copy of each).
+        scores = (self._dense @ query)[candidates]
+        return self._top(candidates, scores, limit)
 
     # ---- internals ----
+
+    def _top(self, candidates: Slots, scores: npt.NDArray[np.float32], limit: int) -> list[tuple[str, float]]:
+        """The ``limit`` best candidates by score, best first; ties go to the lowest slots."""
+        if len(candidates) > limit:
+            kth = np.partition(scores, len(scores) - limit)[len(scores) - limit]
+            above = scores > kth
+            tied = np.flatnonzero(scores == kth)[: limit - int(np.count_nonzero(above))]
+            keep = np.concatenate([np.flatnonzero(above), tied])
+            candidates, scores = candidates[keep], scores[keep]
+        order = np.lexsort((candidates, -scores))
+        ids = self._ids
+        return [(str(ids[int(candidates[i])]), float(scores[i])) for i in order]
+
+    def _set_dense(self, slot: int, vector: Sequence[float] | None) -> None:
+        if self.dimension is None:
+            return
+        if vector is None:
+            self._dense[slot] = 0.0
+            self._has_dense[slot] = False
+            return
+        if len(vector) != self.dimension:
+            raise ValueError(f"dense vector has {len(vector)} dimensions, the collection {self.dimension}")
+        self._dense[slot] = unit_vector(vector)
+        self._has_dense[slot] = True
 
     def _idf(self, df: int) -> float:
         n = self._corpus
@@ -363,6 +428,12 @@ class LocalKeywordIndex:
         self._in_base = np.resize(self._in_base, capacity)
         self._alive[old:] = False
         self._in_base[old:] = False
+        if self.dimension is not None:
+            dense = np.zeros((capacity, self.dimension), np.float32)
+            dense[:old] = self._dense
+            self._dense = dense
+            self._has_dense = np.resize(self._has_dense, capacity)
+            self._has_dense[old:] = False
         for keyword in self._keyword.values():
             keyword.grow(capacity)
         for numeric in self._numeric.values():

@@ -1,10 +1,10 @@
-"""The embedded store's keyword fast path against qdrant-client's own local query on the same collection.
+"""The embedded store's local index against qdrant-client's own local query on the same collection.
 
 Real embedded Qdrant, the BM25 vectors of real SciFact abstracts chunked by crawldex, payloads built
-by the indexing pipeline. Every comparison asks qdrant-client for its whole ranking and checks that
-the fast path returns a top-k of it: the same scores (bit for bit), each id with the score Qdrant
-gives it. Only the order among equal scores is free. The dense vectors are random: nothing here
-ranks by them.
+by the indexing pipeline, random dense vectors. Every comparison asks qdrant-client for its whole
+ranking and checks that the fast path returns a top-k of it: keyword scores bit for bit, dense
+(cosine) scores to float32 rounding, each id with the score Qdrant gives it. Only the order among
+equal scores is free.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from qdrant_client import models
 
-from crawldex.adapters import sparse_index
+from crawldex.adapters import local_index
 from crawldex.adapters.qdrant import KEYWORD, IndexedPoint, PointFilter, ScoredPoint, VectorStore
 from crawldex.chunking import Chunker, load_tokenizer
 from crawldex.cleaning import clean_markdown
@@ -181,7 +181,7 @@ async def _assert_same_as_qdrant(
     for query, point_filter in zip(queries, filters, strict=True):
         limit = rng.choice([1, 3, 10, 100])
         _, fast = await store.search(dense=None, keyword=query, point_filter=point_filter, limit=limit)
-        assert store.has_local_keyword_index  # the fast path answered, not qdrant-client
+        assert store.has_local_index  # the fast path answered, not qdrant-client
         every = _qdrant_ranking(store, query, point_filter, limit + 50)
         if len(every) == limit + 50 and every[-1].score == every[limit - 1].score:
             every = _qdrant_ranking(store, query, point_filter, 1_000_000)  # the whole tie group
@@ -198,13 +198,45 @@ async def _assert_same_as_qdrant(
     return nonempty
 
 
+async def _assert_dense_same_as_qdrant(
+    store: VectorStore, filters: list[PointFilter], rng: random.Random
+) -> int:
+    """Random dense queries (not unit length) alone and with a keyword query, against qdrant-client."""
+    nonempty = 0
+    for point_filter in filters:
+        limit = rng.choice([1, 3, 10, 100])
+        query = (rng.uniform(0.1, 10) * np.asarray([rng.gauss(0, 1) for _ in range(DIMENSION)])).tolist()
+        keyword = BM25.encode_query("protein cell") if rng.random() < 0.5 else None
+        fast, _ = await store.search(dense=query, keyword=keyword, point_filter=point_filter, limit=limit)
+        assert store.has_local_index
+        every = store._client.query_points(
+            store.collection,
+            query=query,
+            using="dense",
+            query_filter=point_filter.to_qdrant(),
+            limit=1_000_000,
+            with_payload=False,
+        ).points
+        qdrant_score = {str(p.id): p.score for p in every}
+        context = (query, point_filter, limit)
+        expected = [p.score for p in every[:limit]]
+        assert [p.score for p in fast] == pytest.approx(expected, abs=1e-6), context
+        assert len({p.id for p in fast}) == len(fast), context
+        for hit in fast:
+            assert hit.score == pytest.approx(qdrant_score[hit.id], abs=1e-6), context
+            assert hit.payload["text"], context
+        nonempty += bool(fast)
+    return nonempty
+
+
 async def _check(store: VectorStore, corpus: Corpus, seed: int, n: int = 60) -> None:
     rng = random.Random(seed)
     queries = _random_queries(corpus, rng, n)
     filters = [_random_filter(corpus, rng) for _ in queries]
     assert await _assert_same_as_qdrant(store, queries, filters, rng) > n // 3
-    assert store._keyword_index is not None
-    assert len(store._keyword_index) == await store.count()
+    assert await _assert_dense_same_as_qdrant(store, filters[: n // 2], rng) > n // 6
+    assert store._local is not None
+    assert len(store._local) == await store.count()
 
 
 @pytest.fixture(scope="module")
@@ -275,8 +307,8 @@ async def test_overwrites_deletes_and_payload_updates_stay_consistent(
 async def test_many_small_writes_then_compaction(
     store: VectorStore, corpus: Corpus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sparse_index, "COMPACT_MIN_CHANGES", 100)  # compact several times in 100 pages
-    index = store._keyword_index
+    monkeypatch.setattr(local_index, "COMPACT_MIN_CHANGES", 100)  # compact several times in 100 pages
+    index = store._local
     assert index is not None
     compactions = 0
     for n in range(DOCUMENTS, DOCUMENTS + 100):
@@ -336,8 +368,8 @@ async def test_collection_without_the_idf_modifier(tmp_path: Path, corpus: Corpu
             sparse_vectors_config={KEYWORD: models.SparseVectorParams()},
         )
         await store.ensure_collection(DIMENSION)
-        assert store._keyword_index is not None
-        assert not store._keyword_index.idf
+        assert store._local is not None
+        assert not store._local.idf
         for n in range(150):
             await store.upsert(corpus.page(n, corpus.texts[n]))
         await _check(store, corpus, seed=8, n=60)
@@ -352,8 +384,31 @@ async def test_a_failed_write_leaves_a_consistent_index(store: VectorStore, corp
     )
     with pytest.raises(ValueError, match="dimension"):  # qdrant-client: a dense vector of the wrong size
         await store.upsert([*good, bad])
-    assert store._keyword_index is None  # dropped: the next search reads the collection again
+    assert store._local is None  # dropped: the next search reads the collection again
     await _check(store, corpus, seed=9, n=40)
+
+
+async def test_collection_of_another_distance_leaves_dense_queries_to_qdrant(
+    tmp_path: Path, corpus: Corpus
+) -> None:
+    store = VectorStore.open(url=None, api_key=None, path=str(tmp_path / "dot"), collection="keyword")
+    try:
+        store._client.create_collection(
+            "keyword",
+            vectors_config={"dense": models.VectorParams(size=DIMENSION, distance=models.Distance.DOT)},
+            sparse_vectors_config={KEYWORD: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+        )
+        await store.ensure_collection(DIMENSION)
+        assert store._local is not None
+        assert store._local.dimension is None  # cosine only: dot products go to qdrant-client
+        points = corpus.page(3, corpus.texts[3])
+        await store.upsert(points)
+        dense, keyword = await store.search(
+            dense=points[0].dense, keyword=points[0].keyword, point_filter=PointFilter(), limit=1
+        )
+        assert dense[0].id == keyword[0].id == str(points[0].id)
+    finally:
+        store.close()
 
 
 async def test_invalid_sparse_query_is_rejected_like_qdrant(store: VectorStore) -> None:
