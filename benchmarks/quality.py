@@ -28,7 +28,7 @@ from benchmarks.common import (
 )
 from crawldex.adapters.qdrant import ScoredPoint
 from crawldex.cleaning import clean_markdown
-from crawldex.keyword import tokenize
+from crawldex.keyword import NO_STEMMER, tokenize
 from crawldex.models import PageDocument
 from crawldex.search import Fusion, SearchMode, SearchRequest, rrf_fuse, weighted_fuse
 from crawldex.services import Services
@@ -136,6 +136,7 @@ async def _run(services: Services, data: SciFact, report: Report) -> None:
     started = time.perf_counter()
     chunk_doc: dict[str, str] = {}
     chunk_tokens: list[list[str]] = []
+    chunk_texts: list[str] = []
     chunk_ids: list[str] = []
     for i, (did, text) in enumerate(data.corpus.items()):
         url = doc_url(did)
@@ -145,7 +146,8 @@ async def _run(services: Services, data: SciFact, report: Report) -> None:
             pid = str(point_id(doc_uuid, chunk.index))
             chunk_doc[pid] = did
             chunk_ids.append(pid)
-            chunk_tokens.append(tokenize(chunk.text))
+            chunk_texts.append(chunk.text)
+            chunk_tokens.append(services.bm25.tokenize(chunk.text))
         if (i + 1) % 500 == 0:
             progress(f"quality: {i + 1} indexed")
     stored = await services.store.count()
@@ -204,7 +206,7 @@ async def _run(services: Services, data: SciFact, report: Report) -> None:
     oracle.avgdl = settings.bm25_avg_doc_tokens
     agree = 0
     for qid, query in data.queries.items():
-        scores = oracle.get_scores(tokenize(query))
+        scores = oracle.get_scores(services.bm25.tokenize(query))
         order = sorted(range(len(chunk_ids)), key=lambda i: -scores[i])
         expected = [chunk_ids[i] for i in order[:10] if scores[i] > 0]
         got = keyword_top10[qid]
@@ -230,7 +232,7 @@ async def _run(services: Services, data: SciFact, report: Report) -> None:
         f"{settings.bm25_avg_doc_tokens:g} (crawldex's configured average, as the index uses); a query agrees "
         "when the ten chunk ids are identical, or differ only among equal scores (rounded to 1e-4)."
     )
-    _tuning(services, data, lists, chunk_ids, chunk_tokens, chunk_doc, avg_tokens, ndcg, report)
+    _tuning(services, data, lists, chunk_ids, chunk_texts, chunk_doc, avg_tokens, ndcg, report)
 
 
 def _tuning(
@@ -238,7 +240,7 @@ def _tuning(
     data: SciFact,
     lists: dict[str, QueryLists],
     chunk_ids: list[str],
-    chunk_tokens: list[list[str]],
+    chunk_texts: list[str],
     chunk_doc: dict[str, str],
     avg_tokens: float,
     ndcg: dict[str, float],
@@ -275,30 +277,41 @@ def _tuning(
         + f". Best: {best_fusion}."
     )
 
-    sparse = SparseBM25(chunk_tokens)
+    def fuse_default(dense: list[ScoredPoint], keyword: list[ScoredPoint]) -> list[ScoredPoint]:
+        if Fusion(settings.search_fusion) is Fusion.RRF:
+            return [p for p, _ in rrf_fuse([dense, keyword], settings.search_rrf_k)]
+        weights = (settings.search_vector_weight, settings.search_keyword_weight)
+        return [p for p, _ in weighted_fuse(dense, keyword, *weights)]
+
+    # BM25 offline over the same chunks, per stemmer (the configured one and none) and parameters.
     grid: dict[str, tuple[float, float]] = {}
-    for avgdl_name, avgdl in (("configured 120", settings.bm25_avg_doc_tokens), ("corpus mean", avg_tokens)):
-        for k1 in (0.9, 1.2, 1.5, 2.0):
-            for b in (0.4, 0.75, 0.9):
-                keyword_lists: dict[str, list[ScoredPoint]] = {}
-                for qid, query in data.queries.items():
-                    scores = sparse.scores(tokenize(query), k1, b, avgdl)
-                    top = np.argsort(-scores, kind="stable")[: settings.search_candidates]
-                    keyword_lists[qid] = [
-                        ScoredPoint(id=chunk_ids[i], score=float(scores[i]), payload={})
-                        for i in top
-                        if scores[i] > 0
-                    ]
-                hybrid = {
-                    q: [p for p, _ in rrf_fuse([lists[q].dense, keyword_lists[q]], settings.search_rrf_k)]
-                    for q in data.queries
-                }
-                grid[f"k1={k1:g} b={b:g} avgdl={avgdl_name}"] = (evaluate(keyword_lists), evaluate(hybrid))
+    for stemmer in dict.fromkeys([services.bm25.stemmer, NO_STEMMER]):
+        sparse = SparseBM25([tokenize(text, stemmer) for text in chunk_texts])
+        for avgdl_name, avgdl in (
+            ("configured 120", settings.bm25_avg_doc_tokens),
+            ("corpus mean", avg_tokens),
+        ):
+            for k1 in (0.9, 1.2, 1.5, 2.0):
+                for b in (0.4, 0.75, 0.9):
+                    keyword_lists: dict[str, list[ScoredPoint]] = {}
+                    for qid, query in data.queries.items():
+                        scores = sparse.scores(tokenize(query, stemmer), k1, b, avgdl)
+                        top = np.argsort(-scores, kind="stable")[: settings.search_candidates]
+                        keyword_lists[qid] = [
+                            ScoredPoint(id=chunk_ids[i], score=float(scores[i]), payload={})
+                            for i in top
+                            if scores[i] > 0
+                        ]
+                    hybrid = {q: fuse_default(lists[q].dense, keyword_lists[q]) for q in data.queries}
+                    name = f"stemmer={stemmer} k1={k1:g} b={b:g} avgdl={avgdl_name}"
+                    grid[name] = (evaluate(keyword_lists), evaluate(hybrid))
     best_bm25 = max(grid, key=lambda n: grid[n][1])
-    default_bm25 = f"k1={settings.bm25_k1:g} b={settings.bm25_b:g} avgdl=configured 120"
+    default_bm25 = (
+        f"stemmer={services.bm25.stemmer} k1={settings.bm25_k1:g} b={settings.bm25_b:g} avgdl=configured 120"
+    )
     lines.append(
         "BM25 parameters (BM25 with Qdrant's IDF over the same chunks, computed offline; keyword / hybrid "
-        "RRF nDCG@10): "
+        f"nDCG@10, hybrid with the default fusion {default_name}): "
         + ", ".join(f"{n}: {kw:.3f} / {hy:.3f}" for n, (kw, hy) in grid.items())
         + f". Default ({default_bm25}): {grid[default_bm25][0]:.3f} / {grid[default_bm25][1]:.3f}; "
         f"best hybrid: {best_bm25} {grid[best_bm25][0]:.3f} / {grid[best_bm25][1]:.3f}."

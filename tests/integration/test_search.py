@@ -7,8 +7,10 @@ import random
 from datetime import timedelta
 
 import pytest
+from qdrant_client import models
 from rank_bm25 import BM25Okapi
 
+from crawldex.adapters.qdrant import DENSE, KEYWORD, VectorStore
 from crawldex.config import Settings
 from crawldex.keyword import tokenize
 from crawldex.models import PageDocument, utc_now
@@ -161,3 +163,49 @@ async def test_keyword_mode_ranks_like_rank_bm25(settings: Settings, embedder: o
         assert agree == len(queries)
     finally:
         await services.aclose()
+
+
+async def test_keyword_search_finds_other_forms_of_a_word(corpus: Services) -> None:
+    response = await corpus.search.search(SearchRequest(query="retried queueing", mode=SearchMode.KEYWORD))
+    assert response.results[0].url == "https://beta.example/docs/queues-guide"  # "retrying ... queue"
+
+
+async def test_a_collection_keeps_the_stemmer_it_was_built_with(
+    settings: Settings, embedder: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    unstemmed = settings.model_copy(update={"keyword_stemmer": "none"})
+    services = await Services.start(unstemmed, embedder=embedder)  # type: ignore[arg-type]
+    try:
+        assert services.store.keyword_stemmer == services.bm25.stemmer == "none"
+        await services.pipeline.index(
+            PageDocument(url="https://stem.example/a", markdown="Retrying queue jobs.")
+        )
+    finally:
+        await services.aclose()
+    # Started again with the default (english): the collection's vectors are unstemmed, so are queries.
+    services = await Services.start(settings, embedder=embedder)  # type: ignore[arg-type]
+    try:
+        assert services.store.keyword_stemmer == services.bm25.stemmer == "none"
+        assert "built with keyword stemmer 'none', not the configured 'english'" in caplog.text
+        exact = await services.search.search(SearchRequest(query="queue", mode=SearchMode.KEYWORD))
+        other_form = await services.search.search(SearchRequest(query="queues", mode=SearchMode.KEYWORD))
+        assert [r.url for r in exact.results] == ["https://stem.example/a"]
+        assert other_form.results == []
+    finally:
+        await services.aclose()
+
+
+async def test_a_collection_from_before_stemming_counts_as_unstemmed(settings: Settings) -> None:
+    store = VectorStore.open(
+        url=None, api_key=None, path=str(settings.qdrant_path), collection=settings.qdrant_collection
+    )
+    try:
+        store._client.create_collection(  # as crawldex created collections before it recorded a stemmer
+            settings.qdrant_collection,
+            vectors_config={DENSE: models.VectorParams(size=384, distance=models.Distance.COSINE)},
+            sparse_vectors_config={KEYWORD: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+        )
+        await store.ensure_collection(384, "english")
+        assert store.keyword_stemmer == "none"
+    finally:
+        store.close()

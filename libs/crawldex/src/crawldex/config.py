@@ -12,6 +12,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from crawldex.keyword import DEFAULT_STEMMER, stemmer_names
+
 QUEUE_INDEXING = "indexing"
 QUEUE_RESCRAPE = "rescrape"
 
@@ -86,14 +88,16 @@ class Settings(BaseSettings):
     bm25_k1: float = Field(default=1.2, gt=0)
     bm25_b: float = Field(default=0.75, ge=0, le=1)
     bm25_avg_doc_tokens: float = Field(default=120.0, gt=0)
+    # The stemmer of a new collection; an existing collection keeps the one it was built with.
+    keyword_stemmer: str = DEFAULT_STEMMER
 
     # Search.
     search_rrf_k: int = Field(default=60, ge=1)
-    # Weighted 0.7/0.3: on SciFact, RRF (k=60) ranked below semantic search alone (nDCG@10 0.790 vs
-    # 0.815); weighted 0.7/0.3 gave 0.815 (docs/benchmarks.md).
+    # Weighted 0.6/0.4: on SciFact (stemmed keywords), RRF k=60 ranked below semantic search alone
+    # (nDCG@10 0.807 vs 0.815); weighted 0.6/0.4 gave 0.826, 0.7/0.3 0.818 (docs/benchmarks.md).
     search_fusion: Literal["rrf", "weighted"] = "weighted"
-    search_vector_weight: float = Field(default=0.7, ge=0, le=1)
-    search_keyword_weight: float = Field(default=0.3, ge=0, le=1)
+    search_vector_weight: float = Field(default=0.6, ge=0, le=1)
+    search_keyword_weight: float = Field(default=0.4, ge=0, le=1)
     search_candidates: int = Field(
         default=100, ge=1, le=1000, description="Per-mode candidates before fusion."
     )
@@ -189,6 +193,14 @@ class Settings(BaseSettings):
             return None
         if value.startswith(("postgres://", "postgresql://")):
             return "postgresql+asyncpg://" + value.split("://", 1)[1]
+        return value
+
+    @field_validator("keyword_stemmer")
+    @classmethod
+    def _known_stemmer(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in stemmer_names():
+            raise ValueError(f"unknown stemmer {value!r}: one of {', '.join(stemmer_names())}")
         return value
 
     @field_validator("qdrant_url", "tei_url", "firecrawl_url")

@@ -31,7 +31,7 @@ from crawldex.db.database import Database
 from crawldex.db.migrate import upgrade
 from crawldex.db.repository import CrawlEventRepository, DocumentRepository
 from crawldex.errors import ConfigurationError, DependencyUnavailableError
-from crawldex.keyword import BM25Encoder
+from crawldex.keyword import NO_STEMMER, BM25Encoder
 from crawldex.operations import DiscardOperations, OperationWriter
 from crawldex.pipeline import IndexingPipeline
 from crawldex.search import Fusion, SearchDefaults, SearchService
@@ -41,8 +41,9 @@ log = logging.getLogger(__name__)
 HEALTH_CHECK_TIMEOUT_SECONDS = 5.0
 
 
-def index_signature(settings: Settings, info: EmbedderInfo) -> str:
+def index_signature(settings: Settings, info: EmbedderInfo, keyword_stemmer: str) -> str:
     """Everything besides the page that decides what its points hold; a change re-embeds every page."""
+    # The stemmer is named only when it is not "none", so pages indexed before stemming keep their signature.
     return "|".join(
         str(part)
         for part in (
@@ -57,6 +58,7 @@ def index_signature(settings: Settings, info: EmbedderInfo) -> str:
             settings.bm25_k1,
             settings.bm25_b,
             settings.bm25_avg_doc_tokens,
+            *([f"stem={keyword_stemmer}"] if keyword_stemmer != NO_STEMMER else []),
         )
     )
 
@@ -143,7 +145,7 @@ class Services:
                     path=str(settings.qdrant_path),
                     collection=settings.qdrant_collection,
                 )
-                await store.ensure_collection(info.dimension)
+                await store.ensure_collection(info.dimension, settings.keyword_stemmer)
             if migrate if migrate is not None else (settings.migrate_on_start and share_from is None):
                 await upgrade(settings.effective_database_url)
         except BaseException:
@@ -164,9 +166,7 @@ class Services:
             )
         else:
             operations = DiscardOperations()
-        bm25 = BM25Encoder(
-            k1=settings.bm25_k1, b=settings.bm25_b, avg_doc_tokens=settings.bm25_avg_doc_tokens
-        )
+        bm25 = bm25_encoder(settings, store)
         async_redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
         documents = DocumentRepository(database)
         # A dead holder's lock frees itself as its job's lease does (3 missed heartbeats), and a job waits
@@ -183,7 +183,7 @@ class Services:
             documents=documents,
             bm25=bm25,
             lock=lock,
-            index_signature=index_signature(settings, info),
+            index_signature=index_signature(settings, info, bm25.stemmer),
             operations=operations,
         )
         search = make_search_service(embedder, store, settings)
@@ -253,11 +253,21 @@ def search_defaults(settings: Settings) -> SearchDefaults:
     )
 
 
+def bm25_encoder(settings: Settings, store: VectorStore) -> BM25Encoder:
+    """The keyword encoder: the configured BM25 parameters, the collection's own stemmer."""
+    return BM25Encoder(
+        k1=settings.bm25_k1,
+        b=settings.bm25_b,
+        avg_doc_tokens=settings.bm25_avg_doc_tokens,
+        stemmer=store.keyword_stemmer,
+    )
+
+
 def make_search_service(embedder: Embedder, store: VectorStore, settings: Settings) -> SearchService:
     return SearchService(
         embedder=embedder,
         store=store,
-        bm25=BM25Encoder(k1=settings.bm25_k1, b=settings.bm25_b, avg_doc_tokens=settings.bm25_avg_doc_tokens),
+        bm25=bm25_encoder(settings, store),
         defaults=search_defaults(settings),
     )
 
@@ -285,7 +295,7 @@ class SearchServices:
             await embedder.aclose()
             raise
         try:
-            await store.ensure_collection(embedder.info.dimension)
+            await store.ensure_collection(embedder.info.dimension, settings.keyword_stemmer)
         except BaseException:
             store.close()
             await embedder.aclose()

@@ -27,7 +27,7 @@ from qdrant_client import QdrantClient, models
 
 from crawldex.adapters.local_index import AtLeast, Condition, LocalIndex, LocalPoint, Match
 from crawldex.errors import ConfigurationError, DependencyUnavailableError
-from crawldex.keyword import SparseVector
+from crawldex.keyword import DEFAULT_STEMMER, NO_STEMMER, SparseVector
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ KEYWORD = "keyword"
 # Payload fields that filters use; a Qdrant server gets a keyword index on each.
 INDEXED_FIELDS = ("doc_id", "domain", "crawl_id", "language", "language_primary", "url_prefixes")
 NUMERIC_FIELDS = ("chunk_index", "indexed_at_ts")
+# The collection metadata key recording the keyword stemmer its vectors were built with.
+STEMMER_METADATA_KEY = "crawldex_keyword_stemmer"
 # The local keyword index reads the collection in pages of this many points when the store opens.
 SCROLL_PAGE = 5000
 
@@ -126,6 +128,8 @@ class VectorStore:
         # fails part-way (it may no longer mirror the collection) and rebuilt by the next search.
         self._local: LocalIndex | None = None
         self._local_wanted = False
+        # The stemmer the collection's keyword vectors were built with (known after ensure_collection).
+        self.keyword_stemmer = DEFAULT_STEMMER
 
     @classmethod
     def open(
@@ -163,10 +167,29 @@ class VectorStore:
 
         return await asyncio.to_thread(run)
 
-    async def ensure_collection(self, dimension: int) -> None:
+    async def ensure_collection(self, dimension: int, keyword_stemmer: str = DEFAULT_STEMMER) -> None:
+        """Create the collection, or check an existing one fits; learn the keyword stemmer it was built with.
+
+        A new collection records ``keyword_stemmer`` in its metadata. An existing one keeps its own
+        (``keyword_stemmer`` property): queries stemmed differently from the stored vectors would miss
+        their words. A collection without the record predates stemming and is unstemmed.
+        """
+
         def run() -> None:
             if self._client.collection_exists(self.collection):
                 info = self._client.get_collection(self.collection)
+                recorded = (info.config.metadata or {}).get(STEMMER_METADATA_KEY, NO_STEMMER)
+                self.keyword_stemmer = str(recorded)
+                if self.keyword_stemmer != keyword_stemmer:
+                    log.warning(
+                        "Qdrant collection %s was built with keyword stemmer %r, not the configured %r: "
+                        "keyword vectors keep using %r; to change it, index into a new "
+                        "CRAWLDEX_QDRANT_COLLECTION (crawldex reindex)",
+                        self.collection,
+                        self.keyword_stemmer,
+                        keyword_stemmer,
+                        self.keyword_stemmer,
+                    )
                 vectors = info.config.params.vectors
                 existing = vectors.get(DENSE) if isinstance(vectors, dict) else None
                 if existing is None or existing.size != dimension:
@@ -183,7 +206,9 @@ class VectorStore:
                 self.collection,
                 vectors_config={DENSE: models.VectorParams(size=dimension, distance=models.Distance.COSINE)},
                 sparse_vectors_config={KEYWORD: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+                metadata={STEMMER_METADATA_KEY: keyword_stemmer},
             )
+            self.keyword_stemmer = keyword_stemmer
             if self.is_local:
                 self._local_wanted = True
                 self._local = self._load_local_index()
