@@ -306,7 +306,7 @@ async def run_reconciliation(settings: Settings, crawl_id: str, kind: str = "cra
         raise ReconciliationUnavailableError(
             "crawl reconciliation reads the crawl's results from Firecrawl's API: set CRAWLDEX_FIRECRAWL_URL"
         )
-    database = Database.connect(settings.effective_database_url)
+    database = Database.connect(settings.effective_database_url, pool_size=settings.database_pool_size)
     queue = JobQueue(connect_redis(settings.redis_url), settings)
     try:
         async with FirecrawlScraper.from_settings(settings) as firecrawl:

@@ -156,7 +156,7 @@ class Services:
             if owns_embedder:
                 await embedder.aclose()
             raise
-        database = Database.connect(settings.effective_database_url)
+        database = Database.connect(settings.effective_database_url, pool_size=settings.database_pool_size)
         operations: OperationWriter | DiscardOperations
         if share_from is not None:
             operations = share_from.operations
@@ -341,7 +341,7 @@ class RescrapeServices:
     ) -> RescrapeServices:
         if migrate if migrate is not None else settings.migrate_on_start:
             await upgrade(settings.effective_database_url)
-        database = Database.connect(settings.effective_database_url)
+        database = Database.connect(settings.effective_database_url, pool_size=settings.database_pool_size)
         if operations is None:
             operations = (
                 OperationWriter(

@@ -13,18 +13,21 @@ from crawldex.services import Services
 
 _bearer = HTTPBearer(auto_error=False, description="CRAWLDEX_API_TOKEN")
 
+# Dependencies are ``async def`` although they never wait: FastAPI runs a plain ``def`` dependency in
+# its thread pool, a thread hop per dependency per request (most of a webhook's own CPU time).
 
-def get_services(request: Request) -> Services:
+
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def require_api_token(
+async def require_api_token(
     settings: Annotated[Settings, Depends(get_settings)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:

@@ -172,7 +172,9 @@ class Operator:
         from crawldex.db.database import Database
 
         if self._database is None:
-            self._database = Database.connect(self.settings.effective_database_url)
+            self._database = Database.connect(
+                self.settings.effective_database_url, pool_size=self.settings.database_pool_size
+            )
         return self._database
 
     @property

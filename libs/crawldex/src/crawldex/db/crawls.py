@@ -40,8 +40,10 @@ LIFECYCLE_STATUS: dict[str, CrawlStatus] = {
     "crawl.failed": "failed",
     "batch_scrape.failed": "failed",
 }
-# Rows inserted per statement: PostgreSQL takes at most 32767 bind parameters in one.
+# Values bound per statement: PostgreSQL takes at most 32767 bind parameters in one.
 _ROWS_PER_STATEMENT = 1000
+# Rows sent per executemany: bounds one round trip's size on a reconciliation of a large crawl.
+_ROWS_PER_BATCH = 1000
 
 
 def reconcile_delivery_id(crawl_id: str) -> str:
@@ -127,6 +129,25 @@ def _kind_of(event_type: str) -> CrawlKindName | None:
 class CrawlRepository:
     def __init__(self, database: Database) -> None:
         self._db = database
+        # Built once: building an upsert costs several times more than running it (a webhook's page).
+        insert = database.insert()(CrawlPage)
+        new = insert.excluded
+        self._upsert_page = insert.on_conflict_do_update(
+            index_elements=[CrawlPage.crawl_id, CrawlPage.canonical_url],
+            set_={
+                "url": new.url,
+                "source": new.source,
+                "job_id": new.job_id,
+                "state": new.state,
+                "error": new.error,
+                "received_at": new.received_at,
+                "updated_at": new.updated_at,
+            },
+            where=or_(
+                and_(new.job_id != CrawlPage.job_id, new.received_at >= CrawlPage.received_at),
+                and_(new.job_id == CrawlPage.job_id, new.state != CrawlPageState.PENDING.value),
+            ),
+        )
 
     async def record_pages(
         self,
@@ -163,36 +184,14 @@ class CrawlRepository:
             }
             for page in latest.values()
         ]
-        insert = self._db.insert()
-        statements = []
-        for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-            statement = insert(CrawlPage).values(rows[start : start + _ROWS_PER_STATEMENT])
-            new = statement.excluded
-            statements.append(
-                statement.on_conflict_do_update(
-                    index_elements=[CrawlPage.crawl_id, CrawlPage.canonical_url],
-                    set_={
-                        "url": new.url,
-                        "source": new.source,
-                        "job_id": new.job_id,
-                        "state": new.state,
-                        "error": new.error,
-                        "received_at": new.received_at,
-                        "updated_at": new.updated_at,
-                    },
-                    where=or_(
-                        and_(new.job_id != CrawlPage.job_id, new.received_at >= CrawlPage.received_at),
-                        and_(new.job_id == CrawlPage.job_id, new.state != CrawlPageState.PENDING.value),
-                    ),
-                )
-            )
-        if len(statements) == 1:  # an index job's end, most webhooks: one statement needs no transaction
+        if len(rows) == 1:  # an index job's end, most webhooks: one statement needs no transaction
             async with self._db.statement() as conn:
-                await conn.execute(statements[0])
+                await conn.execute(self._upsert_page, rows[0])
             return
+        # One statement per row (executemany: asyncpg sends them in one round trip), in one transaction.
         async with self._db.session() as session:
-            for statement in statements:
-                await session.execute(statement)
+            for start in range(0, len(rows), _ROWS_PER_BATCH):
+                await session.execute(self._upsert_page, rows[start : start + _ROWS_PER_BATCH])
 
     async def known_urls(self, crawl_id: str, canonical_urls: Collection[str]) -> set[str]:
         """Those of ``canonical_urls`` that crawl ``crawl_id`` has delivered (or reconciliation recovered)."""

@@ -41,7 +41,7 @@ def is_unreachable(exc: BaseException) -> bool:
     return False
 
 
-def create_engine(url: str, *, pool_size: int = 5, autocommit: bool = False) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 10, autocommit: bool = False) -> AsyncEngine:
     parsed = make_url(url)
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if autocommit:
@@ -88,13 +88,15 @@ class Database:
         self._autocommit_engine = autocommit_engine
 
     @classmethod
-    def connect(cls, url: str) -> Database:
+    def connect(cls, url: str, *, pool_size: int = 10) -> Database:
         # A pool of its own keeps the statement connections in autocommit: checked out, they are pinged
         # with one round trip. A connection of the transactional pool is pinged inside a transaction
         # (BEGIN, ping, ROLLBACK), three. An in-memory SQLite database exists once per connection, so it
         # cannot be shared by two pools.
-        autocommit = None if _is_memory_database(url) else create_engine(url, autocommit=True)
-        return cls(create_engine(url), autocommit)
+        autocommit = (
+            None if _is_memory_database(url) else create_engine(url, pool_size=pool_size, autocommit=True)
+        )
+        return cls(create_engine(url, pool_size=pool_size), autocommit)
 
     def insert(self) -> Any:
         """The dialect's INSERT, which has ON CONFLICT (PostgreSQL; SQLite in the embedded mode)."""

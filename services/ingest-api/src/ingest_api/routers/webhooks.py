@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from crawldex.changes import open_change
-from crawldex.crawls import record_received, schedule_on_completion
+from crawldex.crawls import completion_kind, record_received, schedule_on_completion
 from crawldex.errors import DependencyUnavailableError
 from crawldex.services import Services
 from crawldex.telemetry.metrics import WEBHOOKS_RECEIVED, WEBHOOKS_REJECTED, event_label
@@ -149,8 +149,12 @@ async def _accept(delivery: FirecrawlDelivery, response: Response, services: Ser
             # The pages are queued; only the bookkeeping of the failed ones is lost. Say so, loudly.
             log.exception("could not record the failed pages of Firecrawl crawl %s", delivery.crawl_id)
     # crawl.completed / batch_scrape.completed: read the results back, for pages whose webhook was lost.
-    reconciliation = await asyncio.to_thread(
-        schedule_on_completion, services.queue, services.settings, delivery.event_type, delivery.crawl_id
+    reconciliation = (
+        await asyncio.to_thread(
+            schedule_on_completion, services.queue, services.settings, delivery.event_type, delivery.crawl_id
+        )
+        if completion_kind(delivery.event_type) is not None
+        else None
     )
     if job_ids:
         result_status = "queued"
