@@ -95,7 +95,10 @@ async def run(quick: bool = False) -> Report:
         f"{len(base_texts)} real SciFact chunks embedded by the model; point j reuses chunk j mod "
         f"{len(base_texts)}: its text with one sentence dropped and the rest shuffled (BM25 vector from that "
         "text), and its dense vector plus N(0, 0.02²) noise per dimension, re-normalised (cosine ≈ 0.9 to "
-        "the source). Queries: SciFact claims; limit 10; hybrid fuses 100 candidates per mode (default)."
+        "the source). Queries: SciFact claims; limit 10; hybrid fuses 100 candidates per mode (default). "
+        '"With query embedding": SearchService.search end to end (embedding, ranking, fusion, payloads of '
+        'the page). "Store only": VectorStore.search with the query\'s vectors computed beforehand (no '
+        "payloads), then the payloads of 10 points, as the search service reads them."
     )
     return report
 
@@ -122,12 +125,14 @@ async def _measure(
             want_keyword = mode is not SearchMode.SEMANTIC
             limit = 100 if mode is SearchMode.HYBRID else 10
             started = time.perf_counter()
-            await store.search(
+            dense, keyword = await store.search(
                 dense=vector if want_dense else None,
                 keyword=bm25.encode_query(query) if want_keyword else None,
                 point_filter=PointFilter(),
                 limit=limit,
+                with_payload=False,
             )
+            await store.payloads([p.id for p in (dense or keyword)[:10]])
             without.append((time.perf_counter() - started) * 1000)
         p50 = percentile(with_embedding, 50)
         is_target = mode is SearchMode.HYBRID and size == 10_000

@@ -109,8 +109,8 @@ class SearchDefaults:
 
     rrf_k: int = 60
     fusion: Fusion = Fusion.WEIGHTED
-    vector_weight: float = 0.7
-    keyword_weight: float = 0.3
+    vector_weight: float = 0.6
+    keyword_weight: float = 0.4
     candidates: int = 100
 
 
@@ -147,8 +147,7 @@ _RESULT_FIELDS = {"url", "title", "description", "text", "chunk_index"}
 _INTERNAL_FIELDS = {"url_prefixes", "language_primary", "indexed_at_ts"}
 
 
-def _result(point: ScoredPoint, score: float) -> SearchResult:
-    payload = point.payload
+def _result(point: ScoredPoint, payload: dict[str, Any], score: float) -> SearchResult:
     return SearchResult(
         id=point.id,
         url=str(payload.get("url", "")),
@@ -193,7 +192,11 @@ class SearchService:
         keyword_vector = self._bm25.encode_query(request.query) if want_keyword else None
         per_mode = max(window, self._defaults.candidates) if request.mode is SearchMode.HYBRID else window
         dense, keyword = await self._store.search(
-            dense=dense_vector, keyword=keyword_vector, point_filter=point_filter, limit=per_mode
+            dense=dense_vector,
+            keyword=keyword_vector,
+            point_filter=point_filter,
+            limit=per_mode,
+            with_payload=False,
         )
         ranked: list[tuple[ScoredPoint, float]]
         if request.mode is SearchMode.SEMANTIC:
@@ -213,8 +216,13 @@ class SearchService:
         else:
             ranked = rrf_fuse([dense, keyword], self._defaults.rrf_k)
         page = ranked[request.offset : window]
+        # Payloads of the page only: hybrid ranks up to 2 x candidates points to return a few. A point
+        # deleted since it was ranked (a re-index in between) is left out of the page.
+        payloads = await self._store.payloads([point.id for point, _ in page])
         return SearchResponse(
-            results=[_result(point, score) for point, score in page],
+            results=[
+                _result(point, payloads[point.id], score) for point, score in page if point.id in payloads
+            ],
             total=len(ranked),
             query=request.query,
             mode=request.mode,

@@ -333,8 +333,13 @@ class VectorStore:
         keyword: SparseVector | None,
         point_filter: PointFilter,
         limit: int,
+        with_payload: bool = True,
     ) -> tuple[list[ScoredPoint], list[ScoredPoint]]:
-        """Rank by each given vector in one round trip; returns (dense hits, keyword hits)."""
+        """Rank by each given vector in one round trip; returns (dense hits, keyword hits).
+
+        ``with_payload=False`` leaves every hit's payload empty: a caller that keeps a few of many
+        candidates (hybrid fusion) reads theirs with `payloads`, instead of copying every candidate's.
+        """
         conditions = point_filter.conditions()
         flt = _qdrant_filter(conditions) if conditions else None
         want_keyword = keyword is not None and not keyword.is_empty
@@ -347,13 +352,15 @@ class VectorStore:
             requests: list[models.QueryRequest] = []
             if dense is not None and not local_dense:
                 requests.append(
-                    models.QueryRequest(query=dense, using=DENSE, filter=flt, limit=limit, with_payload=True)
+                    models.QueryRequest(
+                        query=dense, using=DENSE, filter=flt, limit=limit, with_payload=with_payload
+                    )
                 )
             if keyword is not None and want_keyword and index is None:
                 sparse = models.SparseVector(indices=keyword.indices, values=keyword.values)
                 requests.append(
                     models.QueryRequest(
-                        query=sparse, using=KEYWORD, filter=flt, limit=limit, with_payload=True
+                        query=sparse, using=KEYWORD, filter=flt, limit=limit, with_payload=with_payload
                     )
                 )
             responses = (
@@ -368,13 +375,30 @@ class VectorStore:
                 local_hits.append(index.search_dense(dense, conditions, limit))
             if keyword is not None and want_keyword and index is not None:
                 local_hits.append(index.search(keyword.indices, keyword.values, conditions, limit))
-            with_payloads = self._with_payloads(local_hits)
+            with_payloads = (
+                self._with_payloads(local_hits)
+                if with_payload
+                else [
+                    [ScoredPoint(id=i, score=score, payload={}) for i, score in hits] for hits in local_hits
+                ]
+            )
             dense_hits = (with_payloads.pop(0) if local_dense else ranked.pop(0)) if dense is not None else []
             if keyword is not None and want_keyword:
                 keyword_hits = with_payloads.pop(0) if index is not None else ranked.pop(0)
             else:
                 keyword_hits = []
             return dense_hits, keyword_hits
+
+        return await self._call(run)
+
+    async def payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The payloads of the given points, in one read; a point that no longer exists is left out."""
+        if not ids:
+            return {}
+
+        def run() -> dict[str, dict[str, Any]]:
+            records = self._client.retrieve(self.collection, ids=list(ids), with_payload=True)
+            return {str(r.id): dict(r.payload or {}) for r in records}
 
         return await self._call(run)
 
