@@ -202,15 +202,6 @@ def _measure(database_url: str, quick: bool) -> Report:
                 limit = _wrk(f"http://127.0.0.1:{bare_port}", bare_lua, c, seconds)
                 results[c] = (got, limit)
             rss = vm_hwm_mb(api.pid)
-            api.stop()
-            # The same API with the in-process model (no TEI): the memory the model adds.
-            progress("ingest: crawldex-ingest-api with the in-process model, rated load")
-            api = Process(
-                [str(BIN / "crawldex-ingest-api")], api_env(tmp / "data", port, database_url), tmp / "m.log"
-            )
-            wait_ready(api, f"http://127.0.0.1:{port}")
-            _wrk(f"http://127.0.0.1:{port}", webhook_lua, RATED_CONCURRENCY, seconds)
-            model_rss = vm_hwm_mb(api.pid)
         finally:
             if api is not None:
                 api.stop()
@@ -244,14 +235,6 @@ def _measure(database_url: str, quick: bool) -> Report:
             passed=rss <= API_RSS_TARGET_MB,
         )
     )
-    report.rows.append(
-        Row(
-            "6 memory",
-            "peak RSS, ingest-api under webhook load (in-process model, no TEI)",
-            f"{model_rss:.0f} MB",
-            baseline="torch and the model loaded for query embedding",
-        )
-    )
     report.notes.append(
         f"Ingest: wrk (-t min(2,c), {seconds} s per level, on the same 2-core machine as the server) POSTs signed "
         f"crawl.page deliveries ({BODIES} distinct bodies, each its own webhookId and URL, HMAC-SHA256 signed "
@@ -260,7 +243,7 @@ def _measure(database_url: str, quick: bool) -> Report:
         "uvicorn.run single-process model. Rated load: 8 connections. The API runs as deployed, embedding "
         "queries with TEI (CRAWLDEX_TEI_URL; here tests/e2e/tei_contract_server.py speaks TEI's API, as TEI "
         "cannot run on this machine; the webhook path embeds nothing); peak RSS is VmHWM of the API process "
-        "after all levels. A second API with the in-process model instead of TEI takes the rated load once "
-        "for its peak RSS."
+        "after all levels. With the in-process model instead of TEI the API also holds torch and the model: "
+        "see the embedded-mode row (benchmark 5's API)."
     )
     return report
