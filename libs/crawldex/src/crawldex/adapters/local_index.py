@@ -315,6 +315,13 @@ class LocalIndex:
 
     # ---- queries ----
 
+    def matching_ids(self, conditions: Sequence[Condition]) -> list[str]:
+        """The ids of the live points meeting every condition."""
+        if not self.supports(conditions):
+            raise ValueError("a condition names a payload field the index does not keep")
+        ids = self._ids
+        return [str(ids[slot]) for slot in self._matching(conditions).tolist()]
+
     def supports(self, conditions: Sequence[Condition]) -> bool:
         return all(
             (c.key in self._keyword) if isinstance(c, Match) else (c.key in self._numeric) for c in conditions

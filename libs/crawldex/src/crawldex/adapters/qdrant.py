@@ -305,20 +305,38 @@ class VectorStore:
     async def delete_chunks_from(self, doc_id: uuid.UUID, first_stale_chunk: int) -> None:
         """Delete the document's points whose chunk index is ``first_stale_chunk`` or higher."""
         conditions = _doc_conditions(doc_id, from_chunk=first_stale_chunk)
-        selector = models.FilterSelector(filter=_qdrant_filter(conditions))
-        await self._write(
-            lambda: self._client.delete(self.collection, points_selector=selector, wait=True),
-            lambda index: index.delete(conditions),
-        )
+
+        def delete() -> None:
+            ids = self._matching_ids(conditions)
+            if ids is None:
+                selector = models.FilterSelector(filter=_qdrant_filter(conditions))
+                self._client.delete(self.collection, points_selector=selector, wait=True)
+            elif ids:
+                self._client.delete(
+                    self.collection, points_selector=models.PointIdsList(points=ids), wait=True
+                )
+
+        await self._write(delete, lambda index: index.delete(conditions))
 
     async def set_document_payload(self, doc_id: uuid.UUID, payload: dict[str, Any]) -> None:
         conditions = _doc_conditions(doc_id)
-        await self._write(
-            lambda: self._client.set_payload(
-                self.collection, payload=payload, points=_qdrant_filter(conditions), wait=True
-            ),
-            lambda index: index.set_payload(conditions, payload),
-        )
+
+        def update() -> None:
+            ids = self._matching_ids(conditions)
+            if ids is None or ids:
+                points = _qdrant_filter(conditions) if ids is None else ids
+                self._client.set_payload(self.collection, payload=payload, points=points, wait=True)
+
+        await self._write(update, lambda index: index.set_payload(conditions, payload))
+
+    def _matching_ids(self, conditions: Sequence[Condition]) -> list[models.ExtendedPointId] | None:
+        """The ids of the points meeting ``conditions`` from the local index (the caller holds the lock);
+        None without one. qdrant-client's local mode evaluates a filter by scanning every point in Python,
+        so a write by filter (a re-indexed page's stale tail) costs O(collection); by ids it costs O(ids)."""
+        index = self._local_index() if self.is_local else None
+        if index is None or not index.supports(conditions):
+            return None
+        return list(index.matching_ids(conditions))
 
     async def count(self, doc_id: uuid.UUID | None = None) -> int:
         flt = _qdrant_filter(_doc_conditions(doc_id)) if doc_id is not None else None
