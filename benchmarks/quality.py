@@ -3,7 +3,6 @@ and keyword mode against rank-bm25 with Qdrant's IDF."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections import Counter, defaultdict
@@ -139,20 +138,10 @@ async def _run(services: Services, data: SciFact, report: Report) -> None:
     chunk_tokens: list[list[str]] = []
     chunk_texts: list[str] = []
     chunk_ids: list[str] = []
-    # Two pages in flight, as two queue consumers would: one page's writes overlap the other's embedding
-    # (forward passes themselves take turns: the model embeds one batch at a time).
-    pending = iter(data.corpus.items())
-    indexed = 0
-
-    async def consume() -> None:
-        nonlocal indexed
-        for did, text in pending:
-            await services.pipeline.index(PageDocument(url=doc_url(did), markdown=text))
-            indexed += 1
-            if indexed % 500 == 0:
-                progress(f"quality: {indexed} indexed")
-
-    await asyncio.gather(consume(), consume())
+    for number, (did, text) in enumerate(data.corpus.items(), 1):
+        await services.pipeline.index(PageDocument(url=doc_url(did), markdown=text))
+        if number % 500 == 0:
+            progress(f"quality: {number} indexed")
     for did, text in data.corpus.items():
         doc_uuid = document_id(canonicalize_url(doc_url(did)))
         for chunk in services.chunker.chunk(clean_markdown(text)):
@@ -166,7 +155,7 @@ async def _run(services: Services, data: SciFact, report: Report) -> None:
     avg_tokens = sum(len(t) for t in chunk_tokens) / len(chunk_tokens)
     report.notes.append(
         f"Quality corpus: {len(data.corpus)} abstracts → {stored} chunks ({len(chunk_ids)} recomputed), "
-        f"{len(data.queries)} queries, indexed in {index_seconds:.0f} s through IndexingPipeline (two pages at a time) "
+        f"{len(data.queries)} queries, indexed in {index_seconds:.0f} s through IndexingPipeline "
         f"(real model, PostgreSQL, embedded Qdrant); average chunk length {avg_tokens:.0f} keyword tokens "
         f"(CRAWLDEX_BM25_AVG_DOC_TOKENS default: {services.settings.bm25_avg_doc_tokens:g})."
     )
