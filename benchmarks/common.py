@@ -292,7 +292,8 @@ class Process:
                 self.popen.wait()
 
 
-def wait_ready(process: Process, base_url: str, timeout: float = 180) -> None:
+def wait_ready(process: Process, base_url: str, timeout: float = 180, path: str = "/readyz") -> None:
+    """Wait until ``base_url + path`` answers 200 (a process that exits first fails at once)."""
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -300,7 +301,7 @@ def wait_ready(process: Process, base_url: str, timeout: float = 180) -> None:
         if process.popen.poll() is not None:
             raise RuntimeError(f"process exited with {process.popen.returncode}:\n{process.output()}")
         try:
-            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{base_url}{path}", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

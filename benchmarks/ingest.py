@@ -11,11 +11,8 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
-
-import httpx
 
 from benchmarks.common import (
     BIN,
@@ -137,20 +134,6 @@ def _ensure_wrk() -> None:
         raise RuntimeError("wrk is not installed (apt-get install -y wrk)")
 
 
-def _wait_health(process: Process, url: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.popen.poll() is not None:
-            raise RuntimeError(f"process exited with {process.popen.returncode}:\n{process.output()}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} not healthy after {timeout} s:\n{process.output()}")
-
-
 def run(quick: bool = False) -> Report:
     _ensure_wrk()
     return asyncio.run(_run(quick))
@@ -187,7 +170,7 @@ def _measure(database_url: str, quick: bool) -> Report:
         api: Process | None = None
         try:
             progress("ingest: starting crawldex-ingest-api on TEI and the bare endpoint")
-            _wait_health(tei, f"http://127.0.0.1:{tei_port}/health")
+            wait_ready(tei, f"http://127.0.0.1:{tei_port}", path="/health")
             api = Process(
                 [str(BIN / "crawldex-ingest-api")],
                 api_env(tmp / "data", port, database_url, CRAWLDEX_TEI_URL=f"http://127.0.0.1:{tei_port}"),

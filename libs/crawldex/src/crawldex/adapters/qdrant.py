@@ -413,20 +413,18 @@ class VectorStore:
         """The payloads of the given points, in one read; a point that no longer exists is left out."""
         if not ids:
             return {}
+        return await self._call(lambda: self._read_payloads(ids))
 
-        def run() -> dict[str, dict[str, Any]]:
-            records = self._client.retrieve(self.collection, ids=list(ids), with_payload=True)
-            return {str(r.id): dict(r.payload or {}) for r in records}
-
-        return await self._call(run)
+    def _read_payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        records = self._client.retrieve(self.collection, ids=list(ids), with_payload=True)
+        return {str(r.id): dict(r.payload or {}) for r in records}
 
     def _with_payloads(self, rankings: list[list[tuple[str, float]]]) -> list[list[ScoredPoint]]:
         """The local index's rankings with each point's payload, read in one retrieve."""
         ids = list(dict.fromkeys(i for hits in rankings for i, _ in hits))
         if not ids:
             return [[] for _ in rankings]
-        records = self._client.retrieve(self.collection, ids=ids, with_payload=True)
-        payloads = {str(r.id): dict(r.payload or {}) for r in records}
+        payloads = self._read_payloads(ids)
         if len(payloads) < len(ids):  # cannot happen while every write goes through this store
             log.error("the local index names points the collection lacks: rebuilding it")
             self._local = None
