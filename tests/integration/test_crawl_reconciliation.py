@@ -22,10 +22,11 @@ from rq.serializers import JSONSerializer
 from crawldex.adapters.firecrawl import FirecrawlScraper
 from crawldex.adapters.local_model import LocalModelEmbedder
 from crawldex.config import QUEUE_INDEXING, Settings
-from crawldex.crawls import reconcile, record_index_end, record_received
+from crawldex.crawls import ReceivedPagesRecorder, reconcile, record_index_end, record_received
 from crawldex.db.crawls import CrawlRepository
 from crawldex.db.database import Database
 from crawldex.db.migrate import upgrade
+from crawldex.errors import DependencyUnavailableError
 from crawldex.models import PageDocument, utc_now
 from crawldex.services import Services
 from crawldex.urls import canonicalize_url
@@ -329,6 +330,59 @@ def page(path: str, *, seconds: int = 0, source: str = "crawl.page") -> PageDocu
         source=source,
         received_at=utc_now().replace(microsecond=0) + timedelta(seconds=seconds),
     )
+
+
+class CountingCrawls(CrawlRepository):
+    """The real repository, counting its writes (each one transaction)."""
+
+    writes: list[int]
+
+    async def record_deliveries(self, deliveries: Any, **kwargs: Any) -> None:
+        self.writes.append(len(deliveries))
+        await super().record_deliveries(deliveries, **kwargs)
+
+
+async def test_concurrent_deliveries_are_written_together(crawl_database_url: str) -> None:
+    database = Database.connect(crawl_database_url)
+    crawls = CountingCrawls(database)
+    crawls.writes = []
+    recorder = ReceivedPagesRecorder(crawls, max_deliveries_per_write=16)
+    try:
+        # 40 webhooks at once, two crawls, one page delivered twice (the newer delivery wins).
+        pages = [(page(f"/c{i}"), f"job-c{i}", CRAWL_ID if i % 2 else "crawl-two") for i in range(40)]
+        again = page("/c1", seconds=5)
+        await asyncio.gather(
+            *(recorder.record(crawl_id, [(p, job)]) for p, job, crawl_id in pages),
+            recorder.record(CRAWL_ID, [(again, "job-again")]),
+        )
+        # All 41 arrived before the writer's first turn: batches of at most 16, in arrival order.
+        assert crawls.writes == [16, 16, 9]
+        first, second = await crawls.summary(CRAWL_ID), await crawls.summary("crawl-two")
+        assert first is not None
+        assert second is not None
+        assert (first.pages_received, first.pages_pending, second.pages_received) == (20, 20, 20)
+        await record_index_end(crawls, pages[1][0], "job-c1", failed=False)  # the older delivery's job
+        after = await crawls.summary(CRAWL_ID)
+        assert after is not None
+        assert after.pages_pending == 20
+        await recorder.record(None, [(page("/no-crawl"), "job-x")])  # not a crawl's page: nothing to write
+        await recorder.record(CRAWL_ID, [])
+        assert crawls.writes == [16, 16, 9, 1]  # and record_index_end's write
+    finally:
+        await database.dispose()
+
+
+async def test_every_waiting_delivery_gets_the_write_error() -> None:
+    database = Database.connect("postgresql+asyncpg://postgres@127.0.0.1:1/none")
+    recorder = ReceivedPagesRecorder(CrawlRepository(database))
+    try:
+        results = await asyncio.gather(
+            *(recorder.record(CRAWL_ID, [(page(f"/e{i}"), f"job-e{i}")]) for i in range(5)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(result, DependencyUnavailableError) for result in results), results
+    finally:
+        await database.dispose()
 
 
 async def test_page_states_follow_the_newest_delivery_in_any_order(crawls: CrawlRepository) -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "COMPLETED_EVENTS",
     "CRAWL_KINDS",
     "CrawlResultsSource",
+    "ReceivedPagesRecorder",
     "ReconcileReport",
     "ReconciliationUnavailableError",
     "completion_kind",
@@ -108,6 +109,50 @@ async def record_received(
     """Record the pages of one delivery, each with the id of the index job it was queued as (one statement)."""
     if crawl_id and pages:
         await crawls.record_pages(crawl_id, [_delivery(page, job_id) for page, job_id in pages])
+
+
+class ReceivedPagesRecorder:
+    """Records the pages webhooks bring, as `record_received` does, writing concurrent deliveries together.
+
+    A write starts on the event loop's next turn with every delivery waiting by then; deliveries that arrive
+    while it is in flight go together in the next one (one transaction, one round trip), so a burst of
+    webhooks costs the database a few writes instead of one each, and a lone webhook waits for nobody. Each caller returns once its own pages are committed, or gets the error
+    of the write that carried them. Bound to the event loop it is first used on (the API's).
+    """
+
+    def __init__(self, crawls: CrawlRepository, *, max_deliveries_per_write: int = 200) -> None:
+        self._crawls = crawls
+        self._max = max_deliveries_per_write
+        self._waiting: list[tuple[str, list[PageDelivery], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def record(self, crawl_id: str | None, pages: Sequence[tuple[PageDocument, str]]) -> None:
+        if not crawl_id or not pages:
+            return
+        written = asyncio.get_running_loop().create_future()
+        self._waiting.append((crawl_id, [_delivery(page, job_id) for page, job_id in pages], written))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_waiting())
+        await written
+
+    async def _write_waiting(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
+            try:
+                await self._crawls.record_deliveries([(crawl_id, pages) for crawl_id, pages, _ in batch])
+            except Exception as exc:
+                for *_, written in batch:
+                    if not written.done():  # a caller that gave up (its request was cancelled) is gone
+                        written.set_exception(exc)
+            except BaseException:  # cancelled (shutdown): nobody may wait forever
+                for *_, written in [*batch, *self._waiting]:
+                    written.cancel()
+                self._waiting = []
+                raise
+            else:
+                for *_, written in batch:
+                    if not written.done():
+                        written.set_result(None)
 
 
 async def record_index_end(

@@ -25,6 +25,7 @@ from crawldex.adapters.tei import TEIEmbedder
 from crawldex.adapters.web_fetcher import BuiltinFetcher
 from crawldex.chunking import Chunker, load_tokenizer
 from crawldex.config import Settings
+from crawldex.crawls import ReceivedPagesRecorder
 from crawldex.db.change_events import ChangeEventRepository
 from crawldex.db.crawls import CrawlRepository
 from crawldex.db.database import Database
@@ -88,6 +89,7 @@ class Services:
     crawl_events: CrawlEventRepository
     change_events: ChangeEventRepository
     crawls: CrawlRepository
+    received_pages: ReceivedPagesRecorder  # the webhooks' pages, concurrent deliveries written together
     queue: JobQueue
     async_redis: aioredis.Redis
     pipeline: IndexingPipeline
@@ -187,6 +189,7 @@ class Services:
             operations=operations,
         )
         search = make_search_service(embedder, store, settings)
+        crawls = CrawlRepository(database)
         return cls(
             settings=settings,
             embedder=embedder,
@@ -197,7 +200,8 @@ class Services:
             documents=documents,
             crawl_events=CrawlEventRepository(database),
             change_events=ChangeEventRepository(database),
-            crawls=CrawlRepository(database),
+            crawls=crawls,
+            received_pages=ReceivedPagesRecorder(crawls),
             queue=JobQueue(connect_redis(settings.redis_url), settings),
             async_redis=async_redis,
             pipeline=pipeline,

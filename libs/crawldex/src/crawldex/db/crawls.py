@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import and_, func, or_, select, update
 
@@ -126,6 +126,29 @@ def _kind_of(event_type: str) -> CrawlKindName | None:
     return None
 
 
+def _rows(
+    crawl_id: str, pages: Sequence[PageDelivery], state: CrawlPageState, error: str | None, now: datetime
+) -> list[dict[str, Any]]:
+    latest: dict[str, PageDelivery] = {}
+    for page in pages:  # the newest delivery of each page in one crawl's batch
+        if page.canonical_url not in latest or page.received_at >= latest[page.canonical_url].received_at:
+            latest[page.canonical_url] = page
+    return [
+        {
+            "crawl_id": crawl_id,
+            "canonical_url": page.canonical_url,
+            "url": page.url,
+            "source": page.source,
+            "job_id": page.job_id,
+            "state": state.value,
+            "error": error,
+            "received_at": page.received_at,
+            "updated_at": now,
+        }
+        for page in latest.values()
+    ]
+
+
 class CrawlRepository:
     def __init__(self, database: Database) -> None:
         self._db = database
@@ -163,32 +186,26 @@ class CrawlRepository:
         when that job reports an end; a replay of a delivery (same job) never sets an ended page back to
         pending, and an older delivery never overwrites a newer one.
         """
-        latest: dict[str, PageDelivery] = {}
-        for page in pages:  # one row per page and statement: ON CONFLICT may touch a row only once
-            if page.canonical_url not in latest or page.received_at >= latest[page.canonical_url].received_at:
-                latest[page.canonical_url] = page
-        if not latest:
-            return
+        await self.record_deliveries([(crawl_id, pages)], state=state, error=error)
+
+    async def record_deliveries(
+        self,
+        deliveries: Sequence[tuple[str, Sequence[PageDelivery]]],
+        *,
+        state: CrawlPageState = CrawlPageState.PENDING,
+        error: str | None = None,
+    ) -> None:
+        """`record_pages` for the pages of several crawls (or several deliveries of one), in one transaction."""
         now = utc_now()
-        rows = [
-            {
-                "crawl_id": crawl_id,
-                "canonical_url": page.canonical_url,
-                "url": page.url,
-                "source": page.source,
-                "job_id": page.job_id,
-                "state": state.value,
-                "error": error,
-                "received_at": page.received_at,
-                "updated_at": now,
-            }
-            for page in latest.values()
-        ]
+        rows = [row for crawl_id, pages in deliveries for row in _rows(crawl_id, pages, state, error, now)]
+        if not rows:
+            return
         if len(rows) == 1:  # an index job's end, most webhooks: one statement needs no transaction
             async with self._db.statement() as conn:
                 await conn.execute(self._upsert_page, rows[0])
             return
-        # One statement per row (executemany: asyncpg sends them in one round trip), in one transaction.
+        # One statement per row (executemany: asyncpg sends them in one round trip), in one transaction;
+        # statements, not one multi-row upsert, so two deliveries of one page may share a transaction.
         async with self._db.session() as session:
             for start in range(0, len(rows), _ROWS_PER_BATCH):
                 await session.execute(self._upsert_page, rows[start : start + _ROWS_PER_BATCH])

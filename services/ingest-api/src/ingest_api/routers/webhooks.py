@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from crawldex.changes import open_change
-from crawldex.crawls import completion_kind, record_received, schedule_on_completion
+from crawldex.crawls import completion_kind, schedule_on_completion
 from crawldex.errors import DependencyUnavailableError
 from crawldex.services import Services
 from crawldex.telemetry.metrics import WEBHOOKS_RECEIVED, WEBHOOKS_REJECTED, event_label
@@ -112,8 +112,8 @@ async def _accept(delivery: FirecrawlDelivery, response: Response, services: Ser
         job_ids.append(enqueued.job_id)
         deduplicated += enqueued.deduplicated
     try:
-        await record_received(
-            services.crawls, delivery.crawl_id, list(zip(delivery.pages, job_ids, strict=True))
+        await services.received_pages.record(
+            delivery.crawl_id, list(zip(delivery.pages, job_ids, strict=True))
         )
     except DependencyUnavailableError:
         # The pages are queued, and each index job records its page when it ends: only "pending" is lost.
