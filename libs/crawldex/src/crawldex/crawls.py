@@ -116,8 +116,9 @@ class ReceivedPagesRecorder:
 
     A write starts on the event loop's next turn with every delivery waiting by then; deliveries that arrive
     while it is in flight go together in the next one (one transaction, one round trip), so a burst of
-    webhooks costs the database a few writes instead of one each, and a lone webhook waits for nobody. Each caller returns once its own pages are committed, or gets the error
-    of the write that carried them. Bound to the event loop it is first used on (the API's).
+    webhooks costs the database a few writes instead of one each, and a lone webhook waits for nobody.
+    Each caller returns once its own pages are committed, or gets the error of the write that carried them.
+    Bound to the event loop it is first used on (the API's).
     """
 
     def __init__(self, crawls: CrawlRepository, *, max_deliveries_per_write: int = 200) -> None:
