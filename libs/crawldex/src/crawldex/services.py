@@ -202,7 +202,7 @@ class Services:
             change_events=ChangeEventRepository(database),
             crawls=crawls,
             received_pages=ReceivedPagesRecorder(crawls),
-            queue=JobQueue(connect_redis(settings.redis_url), settings),
+            queue=JobQueue(connect_redis(settings.redis_url), settings, async_connection=async_redis),
             async_redis=async_redis,
             pipeline=pipeline,
             search=search,

@@ -6,20 +6,24 @@ versions for the length of a rollout.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 from opentelemetry.trace import SpanKind
 from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
+from rq.utils import now as rq_now
 
 from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE, Settings
 from crawldex.errors import DependencyUnavailableError
@@ -34,6 +38,21 @@ RESCRAPE_JOB = "crawldex.jobs.rescrape_page"
 RECONCILE_JOB = "crawldex.jobs.reconcile_crawl"
 _PENDING = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 _PENDING_OR_DONE = {*_PENDING, JobStatus.FINISHED}
+
+# What RQ's `Queue.enqueue(..., unique=True)` writes, in one script run instead of RQ's two round trips (a
+# pipeline registering the queue, then its own Lua script), so that a caller can send it in a pipeline:
+# unless the job's hash exists, write it, push its id on the queue and register the queue in rq:queues.
+# Returns 1 when the job was queued, 0 when a job of that id exists. The job's fields are RQ's own
+# (`Job.to_dict`); tests/integration/test_queue_enqueue.py compares them with RQ's enqueue.
+_UNIQUE_ENQUEUE = """
+if redis.call("EXISTS", KEYS[1]) == 1 then
+    return 0
+end
+redis.call("HSET", KEYS[1], unpack(ARGV, 2))
+redis.call("RPUSH", KEYS[2], ARGV[1])
+redis.call("SADD", KEYS[3], KEYS[2])
+return 1
+"""
 
 
 @dataclass(frozen=True)
@@ -121,10 +140,22 @@ class _JobSpec:
 
 
 class JobQueue:
+    """Queues crawldex's jobs; an enqueue of a job id that is pending (or done, for a delivery) joins it.
+
+    The synchronous methods serve worker threads and tools; ``enqueue_pages`` serves the API's event loop
+    on ``async_connection`` (one round trip for a delivery's pages, no thread), when it has one.
+    """
+
     def __init__(
-        self, connection: redis.Redis, settings: Settings, *, random: Callable[[], float] = random.random
+        self,
+        connection: redis.Redis,
+        settings: Settings,
+        *,
+        async_connection: aioredis.Redis | None = None,
+        random: Callable[[], float] = random.random,
     ) -> None:
         self.connection = connection
+        self._async_connection = async_connection
         self._settings = settings
         self._random = random
         self._queues = {
@@ -144,11 +175,50 @@ class JobQueue:
 
         With ``change_event_id`` the index worker closes that change event when it is done.
         """
+        spec = self._index_spec(page, delivery_id, change_event_id)
+        return EnqueuedJob(job_id=spec.job_id, url=page.url, deduplicated=self._enqueue(spec, meta))
+
+    async def enqueue_pages(
+        self, pages: Sequence[PageDocument], *, delivery_id: str | None, meta: dict[str, Any] | None
+    ) -> list[EnqueuedJob]:
+        """`enqueue_index` for each of one delivery's pages, from an event loop, in one round trip to Redis.
+
+        A page whose job id exists is looked up (one more round trip): joined while that job is pending or
+        done, and only in the rare case of a job that failed for good (or was stopped) handed to
+        `enqueue_index`, in a thread, which replaces it.
+        """
+        async_connection = self._async_connection
+        if async_connection is None:
+            return await asyncio.to_thread(
+                lambda: [self.enqueue_index(page, delivery_id=delivery_id, meta=meta) for page in pages]
+            )
+        specs = [self._index_spec(page, delivery_id, None) for page in pages]
+        with self._enqueue_span(QUEUE_INDEXING, [spec.job_id for spec in specs]):
+            pipe = async_connection.pipeline(transaction=False)
+            for spec in specs:
+                pipe.eval(*self._unique_enqueue_command(self._queued_job(spec, meta, self._retry(spec))))
+            queued = await pipe.execute()
+            enqueued: list[EnqueuedJob] = []
+            for spec, page, was_queued in zip(specs, pages, queued, strict=True):
+                if was_queued:
+                    JOBS_ENQUEUED.labels(spec.queue).inc()
+                    deduplicated = False
+                else:
+                    status = await async_connection.hget(Job.key_for(spec.job_id), "status")
+                    deduplicated = self._joins(spec, status)
+                    if not deduplicated:
+                        deduplicated = await asyncio.to_thread(self._enqueue_unique, spec, meta)
+                enqueued.append(EnqueuedJob(job_id=spec.job_id, url=page.url, deduplicated=deduplicated))
+            return enqueued
+
+    def _index_spec(
+        self, page: PageDocument, delivery_id: str | None, change_event_id: int | None
+    ) -> _JobSpec:
         settings = self._settings
         job_id = index_job_id(
             page, delivery_id if change_event_id is None else change_delivery_id(change_event_id)
         )
-        spec = _JobSpec(
+        return _JobSpec(
             QUEUE_INDEXING,
             INDEX_JOB,
             (page.model_dump(mode="json"), change_event_id),
@@ -159,7 +229,6 @@ class JobQueue:
             f"index {page.url}",
             join_done=delivery_id is not None or change_event_id is not None,
         )
-        return EnqueuedJob(job_id=job_id, url=page.url, deduplicated=self._enqueue(spec, meta))
 
     def enqueue_removal(
         self, url: str, change_event_id: int | None, *, received_at: datetime | None = None
@@ -241,57 +310,63 @@ class JobQueue:
 
     def _enqueue(self, spec: _JobSpec, meta: dict[str, Any] | None) -> bool:
         """Put the job on its queue unless the same job id is pending or done; True if it was."""
+        with self._enqueue_span(spec.queue, [spec.job_id]):
+            return self._enqueue_unique(spec, meta)
+
+    @contextmanager
+    def _enqueue_span(self, queue: str, job_ids: list[str]) -> Iterator[None]:
+        """A producer span around the enqueue; Redis errors become `DependencyUnavailableError`."""
         with tracer().start_as_current_span(
-            f"enqueue {spec.queue}",
+            f"enqueue {queue}",
             kind=SpanKind.PRODUCER,
             attributes={
                 "messaging.system": "rq",
-                "messaging.destination.name": spec.queue,
-                "crawldex.job_id": spec.job_id,
+                "messaging.destination.name": queue,
+                "messaging.batch.message_count": len(job_ids),
+                "crawldex.job_id": job_ids[0] if len(job_ids) == 1 else "",
             },
         ):
             try:
-                return self._enqueue_unique(spec, meta)
+                yield
             except redis.RedisError as exc:
                 raise DependencyUnavailableError("redis", f"{type(exc).__name__}: {exc}") from exc
 
     def _enqueue_unique(self, spec: _JobSpec, meta: dict[str, Any] | None) -> bool:
-        retry = Retry(max=spec.retries, interval=self._jittered(spec.intervals)) if spec.retries > 0 else None
+        retry = self._retry(spec)
         for _ in range(2):
-            try:
-                if spec.delay_seconds > 0:
-                    self._schedule_unique(spec, meta, retry)
-                else:
-                    self._queues[spec.queue].enqueue(
-                        spec.function,
-                        *spec.args,
-                        job_id=spec.job_id,
-                        unique=True,
-                        job_timeout=spec.timeout,
-                        result_ttl=self._settings.job_result_ttl_seconds,
-                        failure_ttl=self._settings.job_failure_ttl_seconds,
-                        retry=retry,
-                        meta={**(meta or {}), TRACE_META_KEY: inject_context()},
-                        description=spec.description,
-                    )
+            job = self._queued_job(spec, meta, retry)
+            if spec.delay_seconds > 0:
+                queued = self._schedule_unique(spec, job)
+            else:
+                queued = bool(self.connection.eval(*self._unique_enqueue_command(job)))
+            if queued:
                 JOBS_ENQUEUED.labels(spec.queue).inc()
                 return False
-            except DuplicateJobError:
-                existing = self._fetch(spec.job_id)
-                joined = _PENDING_OR_DONE if spec.join_done else _PENDING
-                if existing is not None and existing.get_status(refresh=False) in joined:
-                    JOBS_DEDUPLICATED.labels(spec.queue).inc()
-                    return True
-                # The same delivery once failed for good (or was stopped), or content without a delivery
-                # id whose job has ended: sending it again runs it again.
-                if existing is not None:
-                    existing.delete(remove_from_queue=True)
+            existing = self._fetch(spec.job_id)
+            if existing is not None and self._joins(spec, existing.get_status(refresh=False)):
+                return True
+            # The same delivery once failed for good (or was stopped), or content without a delivery
+            # id whose job has ended: sending it again runs it again.
+            if existing is not None:
+                existing.delete(remove_from_queue=True)
         return True
 
-    def _schedule_unique(self, spec: _JobSpec, meta: dict[str, Any] | None, retry: Retry | None) -> None:
-        """Like `Queue.enqueue(unique=True)`, into the scheduled registry (RQ's `enqueue_in` is never unique)."""
-        queue = self._queues[spec.queue]
-        job = queue.create_job(
+    def _joins(self, spec: _JobSpec, status: JobStatus | bytes | str | None) -> bool:
+        """Whether a job of the same id in ``status`` stands for this one (counted as deduplicated)."""
+        if isinstance(status, bytes):
+            status = status.decode()
+        joined = _PENDING_OR_DONE if spec.join_done else _PENDING
+        if status is None or status not in {state.value for state in joined}:
+            return False
+        JOBS_DEDUPLICATED.labels(spec.queue).inc()
+        return True
+
+    def _retry(self, spec: _JobSpec) -> Retry | None:
+        return Retry(max=spec.retries, interval=self._jittered(spec.intervals)) if spec.retries > 0 else None
+
+    def _queued_job(self, spec: _JobSpec, meta: dict[str, Any] | None, retry: Retry | None) -> Job:
+        """The job as RQ's enqueue stores it: queued (or scheduled), with its origin and enqueue time."""
+        job = self._queues[spec.queue].create_job(
             spec.function,
             args=spec.args,
             job_id=spec.job_id,
@@ -301,9 +376,30 @@ class JobQueue:
             retry=retry,
             meta={**(meta or {}), TRACE_META_KEY: inject_context()},
             description=spec.description,
-            status=JobStatus.SCHEDULED,
+            status=JobStatus.SCHEDULED if spec.delay_seconds > 0 else JobStatus.QUEUED,
         )
-        queue.schedule_job(job, utc_now() + timedelta(seconds=spec.delay_seconds), unique=True)
+        job.origin = spec.queue
+        if spec.delay_seconds <= 0:
+            job.enqueued_at = rq_now()
+        return job
+
+    def _unique_enqueue_command(self, job: Job) -> tuple[Any, ...]:
+        """The arguments of EVAL for `_UNIQUE_ENQUEUE` (sent by a client or queued on a pipeline)."""
+        fields = [
+            item for name, value in job.to_dict().items() if value is not None for item in (name, value)
+        ]
+        keys = (job.key, self._queues[job.origin].key, Queue.redis_queues_keys)
+        return (_UNIQUE_ENQUEUE, len(keys), *keys, job.id, *fields)
+
+    def _schedule_unique(self, spec: _JobSpec, job: Job) -> bool:
+        """Into the scheduled registry unless the job id exists (RQ's `enqueue_in` is never unique)."""
+        try:
+            self._queues[spec.queue].schedule_job(
+                job, utc_now() + timedelta(seconds=spec.delay_seconds), unique=True
+            )
+        except DuplicateJobError:
+            return False
+        return True
 
     def _jittered(self, intervals: list[int]) -> list[int]:
         """This job's retry waits: the configured ones scaled by one factor drawn in (1 ± jitter), so the jobs

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, status
 
 from ingest_api.deps import Authenticated, ServicesDep
@@ -28,7 +26,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 )
 async def index_page(body: IndexRequest, services: ServicesDep) -> QueuedResponse:
     page = body.to_page()
-    enqueued = await asyncio.to_thread(services.queue.enqueue_index, page, meta={"source": "api"})
+    (enqueued,) = await services.queue.enqueue_pages([page], delivery_id=None, meta={"source": "api"})
     return QueuedResponse(job_id=enqueued.job_id, url=enqueued.url, deduplicated=enqueued.deduplicated)
 
 

@@ -100,17 +100,13 @@ async def firecrawl_webhook(
 
 
 async def _accept(delivery: FirecrawlDelivery, response: Response, services: Services) -> WebhookResponse:
-    job_ids: list[str] = []
-    deduplicated = 0
-    for page in delivery.pages:
-        enqueued = await asyncio.to_thread(
-            services.queue.enqueue_index,
-            page,
-            delivery_id=delivery.webhook_id,
-            meta={"crawl_id": delivery.crawl_id, "webhook_id": delivery.webhook_id, "source": "firecrawl"},
-        )
-        job_ids.append(enqueued.job_id)
-        deduplicated += enqueued.deduplicated
+    enqueued = await services.queue.enqueue_pages(
+        delivery.pages,
+        delivery_id=delivery.webhook_id,
+        meta={"crawl_id": delivery.crawl_id, "webhook_id": delivery.webhook_id, "source": "firecrawl"},
+    )
+    job_ids = [job.job_id for job in enqueued]
+    deduplicated = sum(job.deduplicated for job in enqueued)
     try:
         await services.received_pages.record(
             delivery.crawl_id, list(zip(delivery.pages, job_ids, strict=True))

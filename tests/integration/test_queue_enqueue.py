@@ -1,0 +1,170 @@
+"""JobQueue's own unique enqueue against RQ's: the same job in Redis, found and run by RQ's worker."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from rq import Queue, Retry, SimpleWorker
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from crawldex.adapters.queue import INDEX_JOB, JobQueue
+from crawldex.config import QUEUE_INDEXING, Settings
+from crawldex.errors import DependencyUnavailableError
+from crawldex.models import PageDocument
+from crawldex.telemetry.tracing import TRACE_META_KEY
+
+PAGE = PageDocument(url="https://queue.example/a", markdown="# A\n\nQueued once.", crawl_id="crawl-q")
+META = {"crawl_id": "crawl-q", "webhook_id": "delivery-1", "source": "firecrawl"}
+# Set at enqueue time, so never equal between two enqueues.
+MOMENTS = {b"created_at", b"enqueued_at"}
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    # No jitter: both enqueues below draw the same retry waits.
+    return Settings(redis_url=redis_url, job_retry_jitter=0.0)
+
+
+@pytest.fixture
+async def async_connection(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    connection = aioredis.Redis.from_url(redis_url)
+    yield connection
+    await connection.aclose()
+
+
+@pytest.fixture
+def queue(clean_redis: redis.Redis, settings: Settings, async_connection: aioredis.Redis) -> JobQueue:
+    return JobQueue(clean_redis, settings, async_connection=async_connection)
+
+
+def _comparable(fields: Mapping[Any, Any]) -> dict[bytes, object]:
+    """A job's hash without its timestamps, and its meta without the trace context (ours carries one)."""
+    comparable: dict[bytes, object] = {name: value for name, value in fields.items() if name not in MOMENTS}
+    meta = json.loads(fields[b"meta"])
+    meta.pop(TRACE_META_KEY, None)
+    comparable[b"meta"] = meta
+    return comparable
+
+
+async def test_a_delivery_is_stored_as_rqs_own_unique_enqueue_stores_it(
+    queue: JobQueue, clean_redis: redis.Redis, settings: Settings
+) -> None:
+    (enqueued,) = await queue.enqueue_pages([PAGE], delivery_id="delivery-1", meta=META)
+    assert not enqueued.deduplicated
+    ours = clean_redis.hgetall(Job.key_for(enqueued.job_id))
+
+    clean_redis.delete(Job.key_for(enqueued.job_id), f"rq:queue:{QUEUE_INDEXING}", "rq:queues")
+    Queue(QUEUE_INDEXING, connection=clean_redis, serializer=JSONSerializer).enqueue(
+        INDEX_JOB,
+        PAGE.model_dump(mode="json"),
+        None,
+        job_id=enqueued.job_id,
+        unique=True,
+        job_timeout=settings.index_job_timeout_seconds,
+        result_ttl=settings.job_result_ttl_seconds,
+        failure_ttl=settings.job_failure_ttl_seconds,
+        retry=Retry(max=settings.index_job_retries, interval=list(settings.index_job_retry_intervals)),
+        meta=META,
+        description=f"index {PAGE.url}",
+    )
+    theirs = clean_redis.hgetall(Job.key_for(enqueued.job_id))
+
+    assert set(ours) == set(theirs)
+    assert _comparable(ours) == _comparable(theirs)
+    assert clean_redis.lrange(f"rq:queue:{QUEUE_INDEXING}", 0, -1) == [enqueued.job_id.encode()]
+    assert clean_redis.smembers("rq:queues") == {f"rq:queue:{QUEUE_INDEXING}".encode()}
+
+
+async def test_rq_reads_the_job_and_its_worker_runs_it(queue: JobQueue, clean_redis: redis.Redis) -> None:
+    (enqueued,) = await queue.enqueue_pages([PAGE], delivery_id="delivery-1", meta=META)
+
+    job = Job.fetch(enqueued.job_id, connection=clean_redis, serializer=JSONSerializer)
+    assert job.func_name == INDEX_JOB
+    assert job.args == [PAGE.model_dump(mode="json"), None]
+    assert job.get_status(refresh=False) == JobStatus.QUEUED
+    assert job.origin == QUEUE_INDEXING
+    assert job.retries_left == queue._settings.index_job_retries
+    assert {k: v for k, v in job.meta.items() if k != TRACE_META_KEY} == META
+    assert job.enqueued_at is not None
+
+    rq_queue = Queue(QUEUE_INDEXING, connection=clean_redis, serializer=JSONSerializer)
+    assert rq_queue.job_ids == [enqueued.job_id]
+    # RQ's worker dequeues it; running crawldex's job function needs a worker runtime, so it fails here,
+    # which is still RQ reading every field it needs to run, fail and retry the job.
+    SimpleWorker([rq_queue], connection=clean_redis, serializer=JSONSerializer).work(burst=True)
+    job.refresh()  # type: ignore[no-untyped-call]
+    assert job.get_status() == JobStatus.SCHEDULED  # failed once, a retry is scheduled
+    assert job.retries_left == queue._settings.index_job_retries - 1
+
+
+async def test_a_replayed_delivery_joins_its_job_and_a_new_one_is_queued(
+    queue: JobQueue, clean_redis: redis.Redis
+) -> None:
+    other = PageDocument(url="https://queue.example/b", markdown="# B")
+    first = await queue.enqueue_pages([PAGE, other], delivery_id="delivery-1", meta=META)
+    again = await queue.enqueue_pages([PAGE, other], delivery_id="delivery-1", meta=META)
+    later = await queue.enqueue_pages([PAGE], delivery_id="delivery-2", meta=META)
+
+    assert [job.deduplicated for job in first] == [False, False]
+    assert [job.job_id for job in again] == [job.job_id for job in first]
+    assert [job.deduplicated for job in again] == [True, True]
+    assert not later[0].deduplicated
+    assert later[0].job_id != first[0].job_id
+    assert clean_redis.llen(f"rq:queue:{QUEUE_INDEXING}") == 3
+
+
+async def test_a_delivery_whose_job_failed_for_good_is_queued_again(
+    queue: JobQueue, clean_redis: redis.Redis
+) -> None:
+    (first,) = await queue.enqueue_pages([PAGE], delivery_id="delivery-1", meta=META)
+    clean_redis.delete(f"rq:queue:{QUEUE_INDEXING}")
+    clean_redis.hset(Job.key_for(first.job_id), "status", JobStatus.FAILED.value)
+
+    (again,) = await queue.enqueue_pages([PAGE], delivery_id="delivery-1", meta=META)
+
+    assert again.job_id == first.job_id
+    assert not again.deduplicated
+    assert clean_redis.hget(Job.key_for(first.job_id), "status") == b"queued"
+    assert clean_redis.lrange(f"rq:queue:{QUEUE_INDEXING}", 0, -1) == [first.job_id.encode()]
+
+
+async def test_content_without_a_delivery_id_joins_only_a_pending_job(
+    queue: JobQueue, clean_redis: redis.Redis
+) -> None:
+    (first,) = await queue.enqueue_pages([PAGE], delivery_id=None, meta=None)
+    (pending,) = await queue.enqueue_pages([PAGE], delivery_id=None, meta=None)
+    clean_redis.delete(f"rq:queue:{QUEUE_INDEXING}")
+    clean_redis.hset(Job.key_for(first.job_id), "status", JobStatus.FINISHED.value)
+    (after_it_ran,) = await queue.enqueue_pages([PAGE], delivery_id=None, meta=None)
+
+    assert pending.deduplicated
+    assert not after_it_ran.deduplicated
+    assert clean_redis.llen(f"rq:queue:{QUEUE_INDEXING}") == 1
+
+
+async def test_without_an_async_connection_the_same_jobs_are_queued_from_a_thread(
+    clean_redis: redis.Redis, settings: Settings
+) -> None:
+    queue = JobQueue(clean_redis, settings)
+    (first,) = await queue.enqueue_pages([PAGE], delivery_id="delivery-1", meta=META)
+    (again,) = await queue.enqueue_pages([PAGE], delivery_id="delivery-1", meta=META)
+
+    assert not first.deduplicated
+    assert again.deduplicated
+    assert first.job_id == queue.enqueue_index(PAGE, delivery_id="delivery-1").job_id
+    assert clean_redis.llen(f"rq:queue:{QUEUE_INDEXING}") == 1
+
+
+async def test_redis_away_is_a_dependency_error(settings: Settings) -> None:
+    unreachable = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
+    queue = JobQueue(redis.Redis(host="127.0.0.1", port=1), settings, async_connection=unreachable)
+    with pytest.raises(DependencyUnavailableError) as raised:
+        await queue.enqueue_pages([PAGE], delivery_id="delivery-1", meta=META)
+    assert raised.value.dependency == "redis"
+    await unreachable.aclose()
