@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from collections.abc import Iterator
@@ -405,3 +406,19 @@ def test_rq_info_sees_queues_and_workers(client: TestClient, redis_url: str) -> 
     ).stdout
     assert "indexing" in output
     assert ".embedded." in output  # the embedded consumer, registered as an RQ worker
+
+
+def test_the_service_leaves_its_start_up_objects_out_of_garbage_collection(
+    settings: Settings, embedder: LocalModelEmbedder
+) -> None:
+    gc.unfreeze()
+    app = create_app(settings, embedder=embedder, freeze_heap=True)
+    try:
+        assert gc.get_freeze_count() == 0
+        with TestClient(app) as test_client:
+            # The services, the model and every import are built: frozen once the app has started.
+            assert gc.get_freeze_count() > 0
+            response = post_webhook(test_client, page_body("https://frozen.example/a", "# A\n\nFrozen."))
+            assert response.status_code == 202
+    finally:
+        gc.unfreeze()  # the test process goes on building and dropping apps

@@ -19,7 +19,7 @@ def main() -> None:
     configure_logging(settings.log_level, settings.log_format)
     configure_tracing(settings, "crawldex-ingest-api")
     try:
-        app = create_app(settings)
+        app = create_app(settings, freeze_heap=True)
     except ConfigurationError as exc:
         logging.getLogger("ingest_api").error("%s", exc)
         sys.exit(2)

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from crawldex.adapters.embedder import Embedder
 from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE, Settings
 from crawldex.errors import ConfigurationError
+from crawldex.heap import freeze_startup_objects
 from crawldex.services import Services
 from crawldex.telemetry.metrics import initialize_label_sets
 from crawldex.telemetry.queue_metrics import QueueCollector
@@ -60,8 +61,12 @@ def check_settings(settings: Settings) -> None:
         log.warning("CRAWLDEX_RATE_LIMIT_ENABLED is false: no rate limits")
 
 
-def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastAPI:
-    """The app; ``embedder`` hands it a model already loaded in this process (tests, tools)."""
+def create_app(settings: Settings, *, embedder: Embedder | None = None, freeze_heap: bool = False) -> FastAPI:
+    """The app; ``embedder`` hands it a model already loaded in this process (tests, tools).
+
+    ``freeze_heap`` (the service's own process) leaves what start-up built out of garbage collection
+    (`crawldex.heap.freeze_startup_objects`) once the app has started.
+    """
     check_settings(settings)
     initialize_label_sets()
 
@@ -77,6 +82,8 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
         app.state.queue_metrics.register(
             QueueCollector(services.queue.connection, [QUEUE_INDEXING, QUEUE_RESCRAPE])
         )
+        if freeze_heap:
+            freeze_startup_objects()
         try:
             yield
         finally:
