@@ -206,9 +206,9 @@ class CrawlRepository:
             return
         # One statement per row (executemany: asyncpg sends them in one round trip), in one transaction;
         # statements, not one multi-row upsert, so two deliveries of one page may share a transaction.
-        async with self._db.session() as session:
+        async with self._db.transaction() as conn:
             for start in range(0, len(rows), _ROWS_PER_BATCH):
-                await session.execute(self._upsert_page, rows[start : start + _ROWS_PER_BATCH])
+                await conn.execute(self._upsert_page, rows[start : start + _ROWS_PER_BATCH])
 
     async def known_urls(self, crawl_id: str, canonical_urls: Collection[str]) -> set[str]:
         """Those of ``canonical_urls`` that crawl ``crawl_id`` has delivered (or reconciliation recovered)."""

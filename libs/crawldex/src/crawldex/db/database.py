@@ -116,6 +116,15 @@ class Database:
                 yield session
 
     @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """`session` for Core statements: a connection in a transaction, without an ORM session's
+        bookkeeping (a bulk write through a session goes through the ORM's bulk-insert path). Errors as in
+        `session`."""
+        with _unreachable_as_unavailable():
+            async with self.engine.begin() as conn:
+                yield conn
+
+    @asynccontextmanager
     async def statement(self) -> AsyncIterator[AsyncConnection]:
         """A connection for work of one statement (a lookup, an upsert, a compare-and-set), which
         commits on its own: no BEGIN and COMMIT around it, two round trips fewer than `session`.
