@@ -241,6 +241,13 @@ def vm_hwm_mb(pid: int) -> float:
     return math.nan
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far: what a request costs, whatever else the machine
+    runs (another process's load or a hypervisor's steal lengthen the wall clock, not this)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 _MODEL: LocalModelEmbedder | None = None
 
 
