@@ -19,7 +19,7 @@ from crawldex.adapters.fetching import PageFetcher
 from crawldex.adapters.firecrawl import FirecrawlScraper
 from crawldex.adapters.local_model import BUNDLED_MODEL_ID, LocalModelEmbedder
 from crawldex.adapters.qdrant import VectorStore
-from crawldex.adapters.queue import JobQueue, connect_redis
+from crawldex.adapters.queue import JobQueue, connect_async_redis, connect_redis
 from crawldex.adapters.redis_lock import RedisDocumentLock
 from crawldex.adapters.tei import TEIEmbedder
 from crawldex.adapters.web_fetcher import BuiltinFetcher
@@ -169,7 +169,7 @@ class Services:
         else:
             operations = DiscardOperations()
         bm25 = bm25_encoder(settings, store)
-        async_redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+        async_redis = connect_async_redis(settings.redis_url)
         documents = DocumentRepository(database)
         # A dead holder's lock frees itself as its job's lease does (3 missed heartbeats), and a job waits
         # for it far less than its own timeout: better to fail and retry than to time out.
