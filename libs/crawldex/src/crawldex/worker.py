@@ -33,7 +33,6 @@ from rq.worker import WorkerStatus
 from crawldex.adapters.queue import connect_redis
 from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE, Settings
 from crawldex.errors import ConfigurationError
-from crawldex.heap import freeze_startup_objects
 from crawldex.jobs import JobLoop, WorkerRuntime, install_runtime
 from crawldex.logs import configure_logging
 from crawldex.recovery import recover_change_events
@@ -289,7 +288,6 @@ def run_worker(settings: Settings, kind: str, *, burst: bool = False) -> None:
             partial(sweep_change_events, runtime, connection, settings) if kind == "rescrape-worker" else None
         ),
     )
-    freeze_startup_objects()
     try:
         worker.work(burst=burst, with_scheduler=not burst, logging_level=settings.log_level)
     finally:
