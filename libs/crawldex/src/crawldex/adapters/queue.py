@@ -121,13 +121,21 @@ def reconcile_job_id(crawl_id: str, kind: str) -> str:
     return f"reconcile-{kind}-{crawl_id}"
 
 
+# A Redis that stops answering fails a call in 30 s instead of hanging it; idle connections are checked.
+_CLIENT_TIMEOUTS: dict[str, Any] = {
+    "socket_connect_timeout": 5,
+    "socket_timeout": 30,
+    "health_check_interval": 30,
+}
+
+
 def connect_redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30)
+    return redis.Redis.from_url(url, **_CLIENT_TIMEOUTS)
 
 
 def connect_async_redis(url: str) -> aioredis.Redis:
-    """`connect_redis` for an event loop: a Redis that stops answering fails a call in 30 s, never hangs it."""
-    return aioredis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30)
+    """`connect_redis` for an event loop, with the same timeouts."""
+    return aioredis.Redis.from_url(url, **_CLIENT_TIMEOUTS)
 
 
 @dataclass(frozen=True)
@@ -360,8 +368,8 @@ class JobQueue:
         """Whether a job of the same id in ``status`` stands for this one (counted as deduplicated)."""
         if isinstance(status, bytes):
             status = status.decode()
-        joined = _PENDING_OR_DONE if spec.join_done else _PENDING
-        if status is None or status not in {state.value for state in joined}:
+        # JobStatus is a str enum: the status as stored (a plain string) is found in these sets as it is.
+        if status is None or status not in (_PENDING_OR_DONE if spec.join_done else _PENDING):
             return False
         JOBS_DEDUPLICATED.labels(spec.queue).inc()
         return True
