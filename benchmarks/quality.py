@@ -26,11 +26,11 @@ from benchmarks.common import (
     progress,
     temp_dir,
 )
-from crawldex.adapters.qdrant import ScoredPoint
+from crawldex.adapters.qdrant import DOC_ID, PointFilter, ScoredPoint
 from crawldex.cleaning import clean_markdown
 from crawldex.keyword import NO_STEMMER, tokenize
 from crawldex.models import PageDocument
-from crawldex.search import Fusion, SearchMode, SearchRequest, rrf_fuse, weighted_fuse
+from crawldex.search import Fusion, GroupBy, SearchMode, SearchRequest, rank_candidates
 from crawldex.services import Services
 from crawldex.urls import canonicalize_url, document_id, point_id
 
@@ -135,6 +135,7 @@ async def _run(services: Services, data: SciFact, report: Report) -> None:
     progress(f"quality: indexing {len(data.corpus)} abstracts through the pipeline")
     started = time.perf_counter()
     chunk_doc: dict[str, str] = {}
+    chunk_page: dict[str, str] = {}  # point id -> its doc_id payload, as the store gives it
     chunk_tokens: list[list[str]] = []
     chunk_texts: list[str] = []
     chunk_ids: list[str] = []
@@ -147,6 +148,7 @@ async def _run(services: Services, data: SciFact, report: Report) -> None:
         for chunk in services.chunker.chunk(clean_markdown(text)):
             pid = str(point_id(doc_uuid, chunk.index))
             chunk_doc[pid] = did
+            chunk_page[pid] = str(doc_uuid)
             chunk_ids.append(pid)
             chunk_texts.append(chunk.text)
             chunk_tokens.append(services.bm25.tokenize(chunk.text))
@@ -166,15 +168,24 @@ async def _run(services: Services, data: SciFact, report: Report) -> None:
     lists: dict[str, QueryLists] = {}
     for qid, query in data.queries.items():
         judged = data.qrels[qid]
-        hits: dict[SearchMode, list[ScoredPoint]] = {}
         for mode in SearchMode:
             response = await services.search.search(SearchRequest(query=query, mode=mode, limit=100))
             docs = to_documents(r.url.rsplit("/", 1)[1] for r in response.results)
             per_mode[mode.value].append((ndcg_at(docs, judged), recall_at(docs, judged)))
-            hits[mode] = [ScoredPoint(id=r.id, score=r.score, payload={}) for r in response.results]
-        keyword_top10[qid] = [p.id for p in hits[SearchMode.KEYWORD][:10]]
-        # Semantic and keyword mode at limit 100 are exactly hybrid's candidate lists (100 per mode).
-        lists[qid] = QueryLists(hits[SearchMode.SEMANTIC], hits[SearchMode.KEYWORD])
+        chunks = await services.search.search(
+            SearchRequest(query=query, mode=SearchMode.KEYWORD, limit=10, group_by=GroupBy.CHUNK)
+        )
+        keyword_top10[qid] = [r.id for r in chunks.results]
+        # The candidate chunks a default hybrid query (limit 10) fuses, for the tuning below.
+        dense, keyword = await services.store.search(
+            dense=await services.embedder.embed_query(query),
+            keyword=services.bm25.encode_query(query),
+            point_filter=PointFilter(),
+            limit=services.settings.search_candidates,
+            with_payload=False,
+            with_doc_id=True,
+        )
+        lists[qid] = QueryLists(dense, keyword)
 
     ndcg = {m: _mean(v[0] for v in vals) for m, vals in per_mode.items()}
     recall = {m: _mean(v[1] for v in vals) for m, vals in per_mode.items()}
@@ -232,7 +243,7 @@ async def _run(services: Services, data: SciFact, report: Report) -> None:
         f"{settings.bm25_avg_doc_tokens:g} (crawldex's configured average, as the index uses); a query agrees "
         "when the ten chunk ids are identical, or differ only among equal scores (rounded to 1e-4)."
     )
-    _tuning(services, data, lists, chunk_ids, chunk_texts, chunk_doc, avg_tokens, ndcg, report)
+    _tuning(services, data, lists, chunk_ids, chunk_texts, chunk_doc, chunk_page, avg_tokens, ndcg, report)
 
 
 def _tuning(
@@ -242,6 +253,7 @@ def _tuning(
     chunk_ids: list[str],
     chunk_texts: list[str],
     chunk_doc: dict[str, str],
+    chunk_page: dict[str, str],
     avg_tokens: float,
     ndcg: dict[str, float],
     report: Report,
@@ -254,34 +266,59 @@ def _tuning(
             ndcg_at(to_documents(chunk_doc[p.id] for p in ranking_of[q]), data.qrels[q]) for q in data.queries
         )
 
+    def rank(
+        dense: list[ScoredPoint],
+        keyword: list[ScoredPoint],
+        *,
+        group_by: GroupBy | None = None,
+        fusion: Fusion | None = None,
+        vector_weight: float | None = None,
+        rrf_k: int | None = None,
+    ) -> list[ScoredPoint]:
+        """Hybrid through crawldex.search's own ranking, the configured defaults unless given."""
+        weight = settings.search_vector_weight if vector_weight is None else vector_weight
+        ranked = rank_candidates(
+            dense,
+            keyword,
+            mode=SearchMode.HYBRID,
+            group_by=group_by or GroupBy(settings.search_group_by),
+            fusion=fusion or Fusion(settings.search_fusion),
+            vector_weight=weight,
+            keyword_weight=settings.search_keyword_weight if vector_weight is None else 1 - weight,
+            rrf_k=rrf_k or settings.search_rrf_k,
+        )
+        return [p for p, _ in ranked]
+
     lines: list[str] = []
     fusion_results: dict[str, float] = {}
-    for k in (1, 5, 10, 20, 30, 60, 100):
-        fused = {q: [p for p, _ in rrf_fuse([ql.dense, ql.keyword], k)] for q, ql in lists.items()}
-        fusion_results[f"rrf k={k}"] = evaluate(fused)
-    for w in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
-        fused = {q: [p for p, _ in weighted_fuse(ql.dense, ql.keyword, w, 1 - w)] for q, ql in lists.items()}
-        fusion_results[f"weighted vector={w:g}"] = evaluate(fused)
-    default_name = (
+    for group_by in GroupBy:
+        for k in (1, 5, 10, 20, 60):
+            fused = {
+                q: rank(ql.dense, ql.keyword, group_by=group_by, fusion=Fusion.RRF, rrf_k=k)
+                for q, ql in lists.items()
+            }
+            fusion_results[f"by {group_by} rrf k={k}"] = evaluate(fused)
+        for w in (0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8):
+            fused = {
+                q: rank(ql.dense, ql.keyword, group_by=group_by, fusion=Fusion.WEIGHTED, vector_weight=w)
+                for q, ql in lists.items()
+            }
+            fusion_results[f"by {group_by} weighted vector={w:g}"] = evaluate(fused)
+    default_name = f"by {settings.search_group_by} " + (
         f"rrf k={settings.search_rrf_k}"
         if Fusion(settings.search_fusion) is Fusion.RRF
         else f"weighted vector={settings.search_vector_weight:g}"
     )
     best_fusion = max(fusion_results, key=lambda n: fusion_results[n])
     lines.append(
-        "Hybrid fusion (same dense and keyword candidate lists, 100 each, fused with crawldex.search's own "
-        "functions; hybrid nDCG@10): "
+        "Hybrid fusion (the same dense and keyword candidate lists, the 100 chunks per mode a default query "
+        "fuses, ranked with crawldex.search's own functions, grouped by page or not; weighted fusion sums "
+        "z-scores; hybrid nDCG@10): "
         + ", ".join(
             f"{n} {v:.3f}{' (default)' if n == default_name else ''}" for n, v in fusion_results.items()
         )
         + f". Best: {best_fusion}."
     )
-
-    def fuse_default(dense: list[ScoredPoint], keyword: list[ScoredPoint]) -> list[ScoredPoint]:
-        if Fusion(settings.search_fusion) is Fusion.RRF:
-            return [p for p, _ in rrf_fuse([dense, keyword], settings.search_rrf_k)]
-        weights = (settings.search_vector_weight, settings.search_keyword_weight)
-        return [p for p, _ in weighted_fuse(dense, keyword, *weights)]
 
     # BM25 offline over the same chunks, per stemmer (the configured one and none) and parameters.
     grid: dict[str, tuple[float, float]] = {}
@@ -298,11 +335,15 @@ def _tuning(
                         scores = sparse.scores(tokenize(query, stemmer), k1, b, avgdl)
                         top = np.argsort(-scores, kind="stable")[: settings.search_candidates]
                         keyword_lists[qid] = [
-                            ScoredPoint(id=chunk_ids[i], score=float(scores[i]), payload={})
+                            ScoredPoint(
+                                id=chunk_ids[i],
+                                score=float(scores[i]),
+                                payload={DOC_ID: chunk_page[chunk_ids[i]]},
+                            )
                             for i in top
                             if scores[i] > 0
                         ]
-                    hybrid = {q: fuse_default(lists[q].dense, keyword_lists[q]) for q in data.queries}
+                    hybrid = {q: rank(lists[q].dense, keyword_lists[q]) for q in data.queries}
                     name = f"stemmer={stemmer} k1={k1:g} b={b:g} avgdl={avgdl_name}"
                     grid[name] = (evaluate(keyword_lists), evaluate(hybrid))
     best_bm25 = max(grid, key=lambda n: grid[n][1])

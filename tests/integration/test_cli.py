@@ -421,6 +421,15 @@ def test_import_markdown_directory_waits_then_search_finds_it(
         "search", "lighthouse ship log", "--mode", "semantic", "--domain", "docs.example.com", "--json"
     )
     assert json.loads(out)["results"][0]["url"] == "https://docs.example.com/"
+    for group_by in ("page", "chunk"):
+        code, out, err = cli("search", "tides", "--group-by", group_by, "--json")
+        assert code == 0, err
+        urls = [r["url"] for r in json.loads(out)["results"]]
+        assert "https://docs.example.com/guide/tides" in urls
+        assert group_by == "chunk" or len(urls) == len(set(urls))
+    code, _, err = cli("search", "anything", "--group-by", "site")
+    assert code == 2
+    assert "group-by" in err
     code, _, err = cli("search", "anything", "--limit", "500")
     assert code == 2
     assert "limit" in err

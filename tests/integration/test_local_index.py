@@ -194,6 +194,18 @@ async def _assert_same_as_qdrant(
             assert qdrant_score[hit.id] == hit.score, context
             assert hit.payload["chunk_index"] >= 0, context
             assert hit.payload["text"], context
+        # Grouping by page asks for each hit's doc_id alone, which the index's column answers.
+        _, light = await store.search(
+            dense=None,
+            keyword=query,
+            point_filter=point_filter,
+            limit=limit,
+            with_payload=False,
+            with_doc_id=True,
+        )
+        assert [(p.id, p.score, p.payload) for p in light] == [
+            (p.id, p.score, {"doc_id": p.payload["doc_id"]}) for p in fast
+        ], context
         nonempty += bool(fast)
     return nonempty
 

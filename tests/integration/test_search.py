@@ -10,11 +10,11 @@ import pytest
 from qdrant_client import models
 from rank_bm25 import BM25Okapi
 
-from crawldex.adapters.qdrant import DENSE, KEYWORD, VectorStore
+from crawldex.adapters.qdrant import DENSE, KEYWORD, PointFilter, ScoredPoint, VectorStore
 from crawldex.config import Settings
 from crawldex.keyword import tokenize
 from crawldex.models import PageDocument, utc_now
-from crawldex.search import Fusion, SearchFilters, SearchMode, SearchRequest
+from crawldex.search import Fusion, GroupBy, SearchFilters, SearchMode, SearchRequest
 from crawldex.services import Services
 
 PAGES = [
@@ -116,6 +116,60 @@ async def test_keyword_query_without_terms_finds_nothing(corpus: Services) -> No
     response = await corpus.search.search(SearchRequest(query="the and of", mode=SearchMode.KEYWORD))
     assert response.results == []
     assert response.total == 0
+
+
+async def test_results_are_grouped_by_page_unless_chunks_are_asked_for(services: Services) -> None:
+    sections = [
+        f"## Part {n}\n\n" + " ".join(["Redis lists hold the queued jobs of crawldex."] * 60)
+        for n in range(4)
+    ]
+    await services.pipeline.index(
+        PageDocument(url="https://long.example/guide", markdown="\n\n".join(sections))
+    )
+    await services.pipeline.index(
+        PageDocument(url="https://short.example/", markdown="Redis lists and queues.")
+    )
+    for mode in SearchMode:
+        by_page = await services.search.search(SearchRequest(query="redis lists queued jobs", mode=mode))
+        urls = [r.url for r in by_page.results]
+        assert sorted(urls) == ["https://long.example/guide", "https://short.example/"], mode
+        assert by_page.total == 2, mode
+        by_chunk = await services.search.search(
+            SearchRequest(query="redis lists queued jobs", mode=mode, group_by=GroupBy.CHUNK)
+        )
+        chunks_of_long = [r.chunk_index for r in by_chunk.results if r.url == "https://long.example/guide"]
+        assert len(chunks_of_long) > 2, mode
+        # The page's result is its best chunk in the mode.
+        best = next(r for r in by_chunk.results if r.url == "https://long.example/guide")
+        if mode is not SearchMode.HYBRID:
+            assert next(r for r in by_page.results if r.url == best.url).id == best.id
+
+
+async def test_grouping_by_page_reads_doc_ids_from_qdrant_when_there_is_no_local_index(
+    services: Services,
+) -> None:
+    """The path a Qdrant server takes: the query asks for the doc_id payload field alone."""
+    await services.pipeline.index(PageDocument(url="https://a.example/", markdown="Redis lists hold jobs."))
+    store = services.store
+
+    async def keyword_hits() -> tuple[list[ScoredPoint], list[ScoredPoint]]:
+        query = services.bm25.encode_query("redis jobs")
+        return await store.search(
+            dense=None,
+            keyword=query,
+            point_filter=PointFilter(),
+            limit=5,
+            with_payload=False,
+            with_doc_id=True,
+        )
+
+    with_index = await keyword_hits()
+    store._local, store._local_wanted = None, False
+    without = await keyword_hits()
+    assert not store.has_local_index
+    assert with_index == without
+    assert without[1]
+    assert all(set(p.payload) == {"doc_id"} for p in without[1])
 
 
 async def test_weighted_fusion(corpus: Services) -> None:

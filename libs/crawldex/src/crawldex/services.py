@@ -35,7 +35,7 @@ from crawldex.errors import ConfigurationError, DependencyUnavailableError
 from crawldex.keyword import NO_STEMMER, BM25Encoder
 from crawldex.operations import DiscardOperations, OperationWriter
 from crawldex.pipeline import IndexingPipeline
-from crawldex.search import Fusion, SearchDefaults, SearchService
+from crawldex.search import Fusion, GroupBy, SearchDefaults, SearchService
 from crawldex.telemetry.metrics import TEI_RESPONSES
 
 log = logging.getLogger(__name__)
@@ -254,6 +254,7 @@ def search_defaults(settings: Settings) -> SearchDefaults:
         vector_weight=settings.search_vector_weight,
         keyword_weight=settings.search_keyword_weight,
         candidates=settings.search_candidates,
+        group_by=GroupBy(settings.search_group_by),
     )
 
 

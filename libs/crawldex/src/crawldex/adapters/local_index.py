@@ -147,6 +147,7 @@ class _KeywordColumn:
     """String values of one payload field per slot: one code per slot, sets for slots with several."""
 
     codes: dict[str, int] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)  # code -> value
     single: npt.NDArray[np.int32] = field(default_factory=lambda: np.zeros(0, np.int32))
     several: dict[int, set[int]] = field(default_factory=dict)  # code -> slots holding it among others
     several_of: dict[int, tuple[int, ...]] = field(default_factory=dict)  # slot -> its codes
@@ -158,7 +159,7 @@ class _KeywordColumn:
 
     def set(self, slot: int, values: list[Any]) -> None:
         self.clear(slot)
-        codes = sorted({self.codes.setdefault(v, len(self.codes)) for v in values if isinstance(v, str)})
+        codes = sorted({self._code(v) for v in values if isinstance(v, str)})
         if len(codes) == 1:
             self.single[slot] = codes[0]
         elif codes:
@@ -166,6 +167,18 @@ class _KeywordColumn:
             self.several_of[slot] = tuple(codes)
             for code in codes:
                 self.several.setdefault(code, set()).add(slot)
+
+    def value(self, slot: int) -> str | None:
+        """The slot's value when it holds exactly one."""
+        code = int(self.single[slot])
+        return self.names[code] if code >= 0 else None
+
+    def _code(self, value: str) -> int:
+        code = self.codes.get(value)
+        if code is None:
+            code = self.codes[value] = len(self.names)
+            self.names.append(value)
+        return code
 
     def clear(self, slot: int) -> None:
         if self.single[slot] == _SEVERAL:
@@ -321,6 +334,13 @@ class LocalIndex:
             raise ValueError("a condition names a payload field the index does not keep")
         ids = self._ids
         return [str(ids[slot]) for slot in self._matching(conditions).tolist()]
+
+    def single_values(self, point_ids: Sequence[str], key: str) -> list[str | None]:
+        """Each point's string value of the keyword field ``key``; None where it has none or several,
+        or the point is not in the index."""
+        column = self._keyword[key]
+        slots = [self._slot_of.get(point_id) for point_id in point_ids]
+        return [None if slot is None else column.value(slot) for slot in slots]
 
     def supports(self, conditions: Sequence[Condition]) -> bool:
         return all(

@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 
 DENSE = "dense"
 KEYWORD = "keyword"
+DOC_ID = "doc_id"  # payload field: the page (document) a chunk belongs to
 # Payload fields that filters use; a Qdrant server gets a keyword index on each.
-INDEXED_FIELDS = ("doc_id", "domain", "crawl_id", "language", "language_primary", "url_prefixes")
+INDEXED_FIELDS = (DOC_ID, "domain", "crawl_id", "language", "language_primary", "url_prefixes")
 NUMERIC_FIELDS = ("chunk_index", "indexed_at_ts")
 # The collection metadata key recording the keyword stemmer its vectors were built with.
 STEMMER_METADATA_KEY = "crawldex_keyword_stemmer"
@@ -102,7 +103,7 @@ def _qdrant_filter(conditions: Sequence[Condition]) -> models.Filter:
 
 
 def _doc_conditions(doc_id: uuid.UUID, *, from_chunk: int | None = None) -> list[Condition]:
-    found: list[Condition] = [Match("doc_id", str(doc_id))]
+    found: list[Condition] = [Match(DOC_ID, str(doc_id))]
     if from_chunk is not None:
         found.append(AtLeast("chunk_index", from_chunk, inclusive=True))
     return found
@@ -352,12 +353,15 @@ class VectorStore:
         point_filter: PointFilter,
         limit: int,
         with_payload: bool = True,
+        with_doc_id: bool = False,
     ) -> tuple[list[ScoredPoint], list[ScoredPoint]]:
         """Rank by each given vector in one round trip; returns (dense hits, keyword hits).
 
         ``with_payload=False`` leaves every hit's payload empty: a caller that keeps a few of many
         candidates (hybrid fusion) reads theirs with `payloads`, instead of copying every candidate's.
+        ``with_doc_id`` then still gives each hit's ``doc_id`` (its page), for grouping chunks by page.
         """
+        selector: bool | list[str] = True if with_payload else ([DOC_ID] if with_doc_id else False)
         conditions = point_filter.conditions()
         flt = _qdrant_filter(conditions) if conditions else None
         want_keyword = keyword is not None and not keyword.is_empty
@@ -371,14 +375,14 @@ class VectorStore:
             if dense is not None and not local_dense:
                 requests.append(
                     models.QueryRequest(
-                        query=dense, using=DENSE, filter=flt, limit=limit, with_payload=with_payload
+                        query=dense, using=DENSE, filter=flt, limit=limit, with_payload=selector
                     )
                 )
             if keyword is not None and want_keyword and index is None:
                 sparse = models.SparseVector(indices=keyword.indices, values=keyword.values)
                 requests.append(
                     models.QueryRequest(
-                        query=sparse, using=KEYWORD, filter=flt, limit=limit, with_payload=with_payload
+                        query=sparse, using=KEYWORD, filter=flt, limit=limit, with_payload=selector
                     )
                 )
             responses = (
@@ -393,13 +397,14 @@ class VectorStore:
                 local_hits.append(index.search_dense(dense, conditions, limit))
             if keyword is not None and want_keyword and index is not None:
                 local_hits.append(index.search(keyword.indices, keyword.values, conditions, limit))
-            with_payloads = (
-                self._with_payloads(local_hits)
-                if with_payload
-                else [
+            if with_payload:
+                with_payloads = self._with_payloads(local_hits)
+            elif with_doc_id and index is not None:
+                with_payloads = [self._with_doc_ids(index, hits) for hits in local_hits]
+            else:
+                with_payloads = [
                     [ScoredPoint(id=i, score=score, payload={}) for i, score in hits] for hits in local_hits
                 ]
-            )
             dense_hits = (with_payloads.pop(0) if local_dense else ranked.pop(0)) if dense is not None else []
             if keyword is not None and want_keyword:
                 keyword_hits = with_payloads.pop(0) if index is not None else ranked.pop(0)
@@ -432,6 +437,19 @@ class VectorStore:
             [ScoredPoint(id=i, score=score, payload=payloads[i]) for i, score in hits if i in payloads]
             for hits in rankings
         ]
+
+    def _with_doc_ids(self, index: LocalIndex, hits: list[tuple[str, float]]) -> list[ScoredPoint]:
+        """The hits with their ``doc_id`` from the local index's column, or their payload without one."""
+        doc_ids = index.single_values([i for i, _ in hits], DOC_ID)
+        missing = [i for (i, _), doc_id in zip(hits, doc_ids, strict=True) if doc_id is None]
+        read = self._read_payloads(missing) if missing else {}
+        points: list[ScoredPoint] = []
+        for (i, score), doc_id in zip(hits, doc_ids, strict=True):
+            if doc_id is not None:
+                points.append(ScoredPoint(id=i, score=score, payload={DOC_ID: doc_id}))
+            elif i in read:
+                points.append(ScoredPoint(id=i, score=score, payload={DOC_ID: read[i].get(DOC_ID)}))
+        return points
 
     async def health(self) -> None:
         await self._call(lambda: self._client.collection_exists(self.collection))

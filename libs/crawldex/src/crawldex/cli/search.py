@@ -36,6 +36,12 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         "--limit", type=int, default=10, metavar="N", help="results to show, 1-100 (default 10)"
     )
     parser.add_argument("--offset", type=int, default=0, metavar="N", help="skip the first N results")
+    parser.add_argument(
+        "--group-by",
+        choices=("page", "chunk"),
+        help="page: one result per page, its best chunk; chunk: every chunk on its own "
+        "(default: CRAWLDEX_SEARCH_GROUP_BY, page)",
+    )
     parser.add_argument("--domain", help="only pages of this host (with or without www.)")
     parser.add_argument(
         "--url-prefix", metavar="URL", help="only pages under this URL (path-segment boundaries)"
@@ -66,6 +72,7 @@ async def run_search(args: argparse.Namespace, settings: Settings) -> int:
                 "mode": args.mode,
                 "limit": args.limit,
                 "offset": args.offset,
+                "group_by": args.group_by,
                 "filters": filters or None,
             }
         )
