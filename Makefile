@@ -39,7 +39,7 @@ format: install ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff format $(SOURCES)
 
 bench: install ## run the benchmarks (~15 min on 2 cores): one table, docs/benchmarks.md (BENCH_ARGS=--quick / --only NAME)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m benchmarks $(BENCH_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks $(BENCH_ARGS)
 
 clean: ## remove the virtualenv, caches and the dev data
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache data .run

@@ -8,5 +8,5 @@ export CRAWLDEX_TEST_REDIS_URL
 scripts/ensure-prometheus.sh  # promtool and prometheus, for the alert-rule and metrics tests
 CRAWLDEX_TEST_CHANGEDETECTION="${CRAWLDEX_TEST_CHANGEDETECTION:-$(scripts/ensure-changedetection.sh)}"
 export CRAWLDEX_TEST_CHANGEDETECTION  # the real changedetection.io, for tests/e2e/test_changedetection.py
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export HF_HUB_OFFLINE=1
 exec .venv/bin/pytest "$@"

@@ -287,7 +287,6 @@ def chaos(tmp_path: Path) -> Iterator[Chaos]:
             "CRAWLDEX_RATE_LIMIT_WEBHOOK_PER_MINUTE": "100000",
             "CRAWLDEX_LOG_LEVEL": "INFO",
             "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
         }
         state = Chaos(tmp_path, redis_server, postgres, site, env, f"http://127.0.0.1:{api_port}")
         try:
