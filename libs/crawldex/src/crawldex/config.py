@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     search_rrf_k: int = Field(default=60, ge=1)
     # Weighted 0.55/0.45 of z-scores, grouped by page: on SciFact (stemmed keywords) hybrid nDCG@10
     # 0.837 against semantic's 0.815; 0.50-0.60 all within 0.003 of it; RRF k=60 ranked below
-    # semantic alone (0.808); fused chunk by chunk, 0.829 (docs/benchmarks.md).
+    # semantic alone (0.805); fused chunk by chunk, 0.829 (docs/benchmarks.md).
     search_fusion: Literal["rrf", "weighted"] = "weighted"
     search_vector_weight: float = Field(default=0.55, ge=0, le=1)
     search_keyword_weight: float = Field(default=0.45, ge=0, le=1)
