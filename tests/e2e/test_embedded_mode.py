@@ -56,8 +56,10 @@ def webhook(client: httpx.Client, markdown: str) -> dict[str, Any]:
     raise AssertionError("job did not finish")
 
 
-def search(client: httpx.Client, query: str, mode: str) -> list[dict[str, Any]]:
-    response = client.post("/api/search", json={"query": query, "mode": mode, "limit": 100}, headers=AUTH)
+def search(client: httpx.Client, query: str, mode: str, group_by: str = "chunk") -> list[dict[str, Any]]:
+    """Every matching chunk by default (the index's state); ``group_by="page"`` as a default request ranks."""
+    body = {"query": query, "mode": mode, "limit": 100, "group_by": group_by}
+    response = client.post("/api/search", json=body, headers=AUTH)
     assert response.status_code == 200, response.text
     results: list[dict[str, Any]] = response.json()["results"]
     return results
@@ -77,6 +79,7 @@ def test_webhook_to_search_in_one_process(deployment: Deployment) -> None:
         assert chunks > 1
         for mode in ("hybrid", "semantic", "keyword"):
             assert search(client, "kettle that boils water", mode)[0]["url"] == URL
+            assert [r["url"] for r in search(client, "kettle that boils water", mode, "page")] == [URL]
         points = sorted(
             (r["id"], r["text"]) for r in search(client, "stainless kettle boils water", "keyword")
         )
