@@ -101,3 +101,8 @@ def test_an_encoder_the_runner_does_not_reproduce_is_refused(tmp_path: Path) -> 
     config_file.write_text(json.dumps(config))
     with pytest.raises(ConfigurationError, match="cannot load the BERT weights"):
         LocalModelEmbedder.load(model_dir=model_dir)
+    (model_dir / "model.safetensors").symlink_to(bundled_model_dir() / "model.safetensors")
+    for change in ({"hidden_size": 768}, {"num_hidden_layers": 4}):
+        config_file.write_text(json.dumps(config | change))
+        with pytest.raises(ConfigurationError, match="do not match its config"):
+            LocalModelEmbedder.load(model_dir=model_dir)

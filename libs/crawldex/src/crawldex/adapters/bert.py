@@ -109,9 +109,17 @@ class BertEncoder:
                     # The pooler is not used (sentence-transformers mean-pools the last hidden state).
                     if name.startswith(("embeddings.", "encoder.")):
                         weights[name] = tensors.get_tensor(name)
-            return cls(config, weights)
+            encoder = cls(config, weights)
         except (OSError, KeyError, RuntimeError) as exc:
             raise ConfigurationError(f"cannot load the BERT weights in {path}: {exc}") from exc
+        width = encoder._words.shape[-1]
+        layers = len({name.split(".")[2] for name in weights if name.startswith("encoder.layer.")})
+        if width != config.hidden_size or layers != config.layers:
+            raise ConfigurationError(
+                f"the BERT weights in {path} do not match its config.json ({layers} layers of width {width}; "
+                f"{config.layers} of {config.hidden_size} configured)"
+            )
+        return encoder
 
     @property
     def device(self) -> torch.device:
