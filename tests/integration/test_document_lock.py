@@ -32,6 +32,32 @@ async def test_a_holder_keeps_its_lock_past_the_lease(redis_url: str, clean_redi
         await connection.aclose()
 
 
+async def test_a_batch_holds_the_lock_of_each_of_its_documents(redis_url: str, clean_redis: object) -> None:
+    connection = aioredis.Redis.from_url(redis_url)
+    batch = RedisDocumentLock(connection, lease_seconds=LEASE, wait_seconds=0.1)
+    other = RedisDocumentLock(connection, lease_seconds=LEASE, wait_seconds=0.1)
+    try:
+        async with batch.hold_many(["second", "first", "second"]):
+            await asyncio.sleep(LEASE * 2)  # renewed meanwhile, together
+            for key in ("first", "second"):
+                with pytest.raises(DependencyUnavailableError, match="stayed locked"):
+                    async with other.hold(key):
+                        pass
+            async with other.hold("third"):  # not in the batch
+                pass
+        async with other.hold_many(["first", "second"]):  # all released on exit
+            pass
+        async with other.hold("zeroth"):
+            # A batch that cannot take one of its locks keeps none: "second", taken first, is let go.
+            with pytest.raises(DependencyUnavailableError, match="zeroth stayed locked"):
+                async with batch.hold_many(["zeroth", "second"]):
+                    pass
+            async with other.hold("second"):
+                pass
+    finally:
+        await connection.aclose()
+
+
 async def test_a_killed_holders_lock_frees_itself_within_a_lease(redis_url: str, clean_redis: object) -> None:
     holder = textwrap.dedent(
         f"""

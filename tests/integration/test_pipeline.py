@@ -220,3 +220,36 @@ async def test_database_down_is_dependency_unavailable(
         assert (await services.health())["database"] == "unavailable"
     finally:
         await services.aclose()
+
+
+async def test_a_batch_gives_each_page_the_outcome_it_would_have_alone(services: Services) -> None:
+    """New, unchanged, older and repeated pages in one batch: each ends as `index` would have ended it."""
+    earlier = utc_now() - timedelta(hours=1)
+    await services.pipeline.index(_page("text about kittiwakes", received_at=earlier))
+    other = PageDocument(url="https://example.com/other", markdown="# Other\n\ntext about fulmars")
+    batch = [
+        _page("text about kittiwakes", received_at=earlier + timedelta(minutes=1)),  # unchanged
+        other,  # new
+        _page("text about shags", received_at=earlier - timedelta(minutes=1)),  # older than the index
+        _page("text about razorbills", received_at=earlier + timedelta(minutes=2)),  # a second pass
+    ]
+    outcomes = await services.pipeline.index_many(batch)
+
+    assert [o.status for o in outcomes] == [
+        IndexStatus.UNCHANGED,
+        IndexStatus.INDEXED,
+        IndexStatus.SUPERSEDED,
+        IndexStatus.INDEXED,
+    ]
+    assert {o.batch_pages for o in outcomes} == {4}
+    assert [o.url for o in outcomes] == [p.url for p in batch]
+    record = await services.documents.get(document_id(canonicalize_url(URL)))
+    assert record is not None
+    assert record.content_hash == outcomes[3].content_hash
+    texts = " ".join(str(payload["text"]) for payload in (await _points(services)).values())
+    assert "razorbills" in texts
+    assert "kittiwakes" not in texts
+    assert "shags" not in texts
+    assert "fulmars" in " ".join(
+        str(payload["text"]) for payload in (await _points(services, other.url)).values()
+    )

@@ -1,9 +1,10 @@
-"""The worker's heartbeat thread: one for every job, beating while a job runs and never after it ends."""
+"""The worker's heartbeat thread: one for every job, beating while jobs run and never after one ends."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any, cast
 
 from rq.job import Job
@@ -31,9 +32,9 @@ class Beats:
         self.beats: list[tuple[str, int]] = []
         self.changed = threading.Condition(self.lock)
 
-    def __call__(self, job: Job) -> None:
+    def __call__(self, jobs: Sequence[Job]) -> None:
         with self.changed:
-            self.beats.append((job.id, threading.get_ident()))
+            self.beats.extend((job.id, threading.get_ident()) for job in jobs)
             self.changed.notify_all()
 
     def wait_for(self, job_id: str, count: int) -> bool:
@@ -50,7 +51,7 @@ def test_beats_while_jobs_run_from_one_thread() -> None:
     threads_before = threading.active_count()
     try:
         for job_id in ("first", "second"):
-            with heartbeat.running(as_job(FakeJob(job_id))):
+            with heartbeat.running([as_job(FakeJob(job_id))]):
                 assert beats.wait_for(job_id, 2)
                 assert threading.active_count() == threads_before  # no thread per job
         assert len({thread for _, thread in beats.beats}) == 1
@@ -63,7 +64,8 @@ def test_no_beat_follows_the_end_of_a_job() -> None:
     in_beat = threading.Event()
     events: list[str] = []
 
-    def slow_beat(job: Job) -> None:
+    def slow_beat(jobs: Sequence[Job]) -> None:
+        (job,) = jobs
         events.append(f"start {job.id}")
         in_beat.set()
         time.sleep(0.2)  # Redis answering slowly
@@ -71,7 +73,7 @@ def test_no_beat_follows_the_end_of_a_job() -> None:
 
     heartbeat = JobHeartbeat(slow_beat, INTERVAL, name="heartbeat-test")
     try:
-        with heartbeat.running(as_job(FakeJob("job"))):
+        with heartbeat.running([as_job(FakeJob("job"))]):
             assert in_beat.wait(PATIENCE)
         assert events[-1] == "end job"
         seen = list(events)
@@ -85,22 +87,40 @@ def test_a_failing_beat_does_not_stop_later_ones() -> None:
     beats = Beats()
     calls: list[int] = []
 
-    def flaky(job: Job) -> None:
+    def flaky(jobs: Sequence[Job]) -> None:
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("a broken beat")
-        beats(job)
+        beats(jobs)
 
     heartbeat = JobHeartbeat(flaky, INTERVAL, name="heartbeat-test")
     try:
-        with heartbeat.running(as_job(FakeJob("job"))):
+        with heartbeat.running([as_job(FakeJob("job"))]):
             assert beats.wait_for("job", 2)
     finally:
         heartbeat.close()
 
 
+def test_a_batch_beats_for_each_job_until_it_is_released() -> None:
+    """A batch's jobs are performed one after another; a job that has ended gets no more beats while the
+    rest of its batch still runs."""
+    beats = Beats()
+    heartbeat = JobHeartbeat(beats, INTERVAL, name="heartbeat-test")
+    first, second = as_job(FakeJob("first")), as_job(FakeJob("second"))
+    try:
+        with heartbeat.running([first, second]):
+            assert beats.wait_for("first", 2)
+            assert beats.wait_for("second", 2)
+            heartbeat.release(first)
+            released_at = beats.of("first")
+            assert beats.wait_for("second", beats.of("second") + 3)
+            assert beats.of("first") == released_at
+    finally:
+        heartbeat.close()
+
+
 def test_close_stops_the_thread() -> None:
-    heartbeat = JobHeartbeat(lambda job: None, 3600, name="heartbeat-closing")
+    heartbeat = JobHeartbeat(lambda jobs: None, 3600, name="heartbeat-closing")
     heartbeat.close()
     names: list[Any] = [thread.name for thread in threading.enumerate()]
     assert "heartbeat-closing" not in names

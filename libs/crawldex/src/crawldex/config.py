@@ -150,6 +150,15 @@ class Settings(BaseSettings):
 
     # Jobs.
     index_job_timeout_seconds: int = Field(default=600, ge=1)
+    index_batch_pages: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description=(
+            "Index jobs an index-worker takes from the queue at once and indexes as one batch (whatever is "
+            "queued, up to this many; it never waits for more). 1: one job at a time."
+        ),
+    )
     job_result_ttl_seconds: int = Field(default=86400, ge=0)
     job_failure_ttl_seconds: int = Field(default=7 * 86400, ge=0)
     index_job_retries: int = Field(default=3, ge=0)

@@ -11,14 +11,16 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from pydantic import ValidationError
 from rq import get_current_job
+from rq.job import Job
 
 from crawldex.adapters.fetching import FetchError
 from crawldex.adapters.firecrawl import CrawlResultsError
@@ -39,7 +41,7 @@ from crawldex.telemetry.metrics import (
     JOBS_STARTED,
     STAGE_DURATION,
 )
-from crawldex.telemetry.tracing import TRACE_META_KEY, extracted_context, tracer
+from crawldex.telemetry.tracing import TRACE_META_KEY, extracted_context, span_context_of, tracer
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -159,6 +161,58 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:4000]
 
 
+def index_together(jobs: Sequence[Job]) -> None:
+    """Index the pages of several queued index jobs as one batch (`IndexingPipeline.index_many`); each job,
+    when RQ performs it, then takes its page's outcome instead of indexing the page itself.
+
+    Should the batch fail, nothing is kept: each job indexes its page on its own, so an error is the
+    job's own and RQ retries only the jobs that fail alone.
+    """
+    runtime = current_runtime()
+    services = runtime.index
+    pages: dict[str, PageDocument] = {}
+    for job in jobs:
+        try:
+            pages[job.id] = PageDocument.model_validate(job.args[0])
+        except (IndexError, ValidationError):
+            continue  # the job fails on its own, with its own error
+    if len(pages) < 2:
+        return
+    started = time.perf_counter()
+    carriers = [job.meta.get(TRACE_META_KEY) for job in jobs]
+    traced = [span_context_of(carrier) for carrier in carriers if isinstance(carrier, dict)]
+    links = [Link(span_context) for span_context in traced if span_context is not None]
+    with (
+        tracer().start_as_current_span(
+            "index batch", links=links, attributes={"crawldex.batch_pages": len(pages)}
+        ),
+        log_context(job_ids=",".join(pages)),
+    ):
+        try:
+            outcomes = runtime.run(
+                services.pipeline.index_many(list(pages.values())),
+                timeout=services.settings.index_job_timeout_seconds,
+            )
+        except Exception as exc:
+            log.warning(
+                "a batch of %d pages failed (%s); each is indexed on its own", len(pages), _error_text(exc)
+            )
+            return
+    _local.indexed = {job_id: (outcome, started) for job_id, outcome in zip(pages, outcomes, strict=True)}
+
+
+def forget_batch() -> None:
+    """Drop the outcomes of a batch whose jobs have all been performed (or that was abandoned)."""
+    _local.indexed = {}
+
+
+def _indexed_in_batch(job_id: str | None) -> tuple[IndexOutcome, float] | tuple[None, None]:
+    """The outcome of the job's page in this worker's batch, and when the batch started (the job's
+    duration counts from there: it waited for its batch); (None, None) if the job was not batched."""
+    indexed: dict[str, tuple[IndexOutcome, float]] = getattr(_local, "indexed", {})
+    return indexed.pop(job_id, (None, None)) if job_id is not None else (None, None)
+
+
 def index_page(page: dict[str, Any], change_event_id: int | None = None) -> dict[str, Any]:
     runtime = current_runtime()
     services = runtime.index
@@ -166,9 +220,10 @@ def index_page(page: dict[str, Any], change_event_id: int | None = None) -> dict
     document = PageDocument.model_validate(page)
     current = get_current_job()
     job_id = current.id if current is not None else None
+    indexed, batch_started = _indexed_in_batch(job_id)
 
     async def index() -> IndexOutcome:
-        outcome = await services.pipeline.index(document)
+        outcome = indexed if indexed is not None else await services.pipeline.index(document)
         if document.crawl_id and job_id:
             await record_index_end(services.crawls, document, job_id, failed=False)
         if change_event_id is not None:
@@ -180,7 +235,12 @@ def index_page(page: dict[str, Any], change_event_id: int | None = None) -> dict
         return outcome
 
     with _instrumented_job(
-        QUEUE_INDEXING, settings.index_job_retries, services.operations, document.url, document.crawl_id
+        QUEUE_INDEXING,
+        settings.index_job_retries,
+        services.operations,
+        document.url,
+        document.crawl_id,
+        started=batch_started,
     ):
         try:
             outcome = runtime.run(index(), timeout=settings.index_job_timeout_seconds)
@@ -342,9 +402,16 @@ def _fail_change_event(
 
 @contextmanager
 def _instrumented_job(
-    queue: str, max_retries: int, operations: OperationSink, url: str | None, crawl_id: str | None
+    queue: str,
+    max_retries: int,
+    operations: OperationSink,
+    url: str | None,
+    crawl_id: str | None,
+    *,
+    started: float | None = None,
 ) -> Iterator[None]:
-    """Metrics, the job's span (continuing the trace that queued it), log context, operation record."""
+    """Metrics, the job's span (continuing the trace that queued it), log context, operation record.
+    The job's duration counts from ``started`` (`time.perf_counter`) when given, else from now."""
     job = get_current_job()
     job_id = job.id if job is not None else None
     carrier = job.meta.get(TRACE_META_KEY) if job is not None else None
@@ -352,7 +419,7 @@ def _instrumented_job(
     JOBS_STARTED.labels(queue).inc()
     if is_retry:
         JOBS_RETRIED.labels(queue).inc()
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     error: str | None = None
     with (
         extracted_context(carrier if isinstance(carrier, dict) else None),

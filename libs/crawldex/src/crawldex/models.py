@@ -56,7 +56,9 @@ class IndexOutcome(BaseModel):
     status: IndexStatus
     chunk_count: int
     content_hash: str
+    # The stage timings of the batch the page was indexed in, and how many pages that batch had.
     timings_ms: dict[str, float]
+    batch_pages: int = 1
 
     def as_job_result(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

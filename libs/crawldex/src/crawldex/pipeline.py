@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -19,7 +21,12 @@ from crawldex.keyword import BM25Encoder
 from crawldex.logs import current_context
 from crawldex.models import IndexOutcome, IndexStatus, PageDocument, utc_now
 from crawldex.operations import DiscardOperations, OperationRecord, OperationSink
-from crawldex.telemetry.metrics import CHUNKS_INDEXED, DOCUMENTS_PROCESSED, STAGE_DURATION
+from crawldex.telemetry.metrics import (
+    CHUNKS_INDEXED,
+    DOCUMENTS_PROCESSED,
+    INDEX_BATCH_PAGES,
+    STAGE_DURATION,
+)
 from crawldex.telemetry.tracing import tracer
 from crawldex.urls import canonicalize_url, document_id, domain_of, point_id
 
@@ -29,6 +36,8 @@ class DocumentLock(Protocol):
 
     def hold(self, key: str) -> AbstractAsyncContextManager[None]: ...
 
+    def hold_many(self, keys: Sequence[str]) -> AbstractAsyncContextManager[None]: ...
+
 
 class LocalDocumentLock:
     """A per-process lock; enough when one process writes (tests, tools); workers use the Redis one."""
@@ -36,21 +45,28 @@ class LocalDocumentLock:
     def __init__(self) -> None:
         self._locks: dict[str, asyncio.Lock] = {}
 
+    def hold(self, key: str) -> AbstractAsyncContextManager[None]:
+        return self.hold_many([key])
+
     @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
+    async def hold_many(self, keys: Sequence[str]) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            for key in sorted(set(keys)):  # in key order: overlapping batches cannot deadlock
+                await stack.enter_async_context(self._locks.setdefault(key, asyncio.Lock()))
             yield
 
 
 class _Timer:
-    """Times the stages of one page: a span, a histogram sample and an operation record each."""
+    """Times the stages of one page or one batch of pages: a span, a histogram sample and an operation
+    record each (naming the page and its crawl when there is one page, or one crawl)."""
 
-    def __init__(self, operations: OperationSink, page: PageDocument) -> None:
+    def __init__(self, operations: OperationSink, pages: Sequence[PageDocument]) -> None:
         self.timings: dict[str, float] = {}
         self._start = time.perf_counter()
         self._operations = operations
-        self._page = page
+        self._url = pages[0].url if len(pages) == 1 else None
+        crawls = {page.crawl_id for page in pages}
+        self._crawl_id = crawls.pop() if len(crawls) == 1 else None
 
     @asynccontextmanager
     async def stage(self, name: str) -> AsyncIterator[None]:
@@ -64,7 +80,7 @@ class _Timer:
                 raise
             finally:
                 seconds = time.perf_counter() - started
-                self.timings[name] = round(seconds * 1000, 3)
+                self.timings[name] = round(self.timings.get(name, 0.0) + seconds * 1000, 3)
                 STAGE_DURATION.labels(name).observe(seconds)
                 self._operations.record(
                     OperationRecord(
@@ -73,9 +89,9 @@ class _Timer:
                         duration_ms=seconds * 1000,
                         success=error is None,
                         error=error,
-                        document_url=self._page.url,
+                        document_url=self._url,
                         job_id=current_context().get("job_id"),
-                        crawl_id=self._page.crawl_id,
+                        crawl_id=self._crawl_id,
                     )
                 )
 
@@ -128,88 +144,125 @@ class IndexingPipeline:
 
     async def index(self, page: PageDocument, *, force: bool = False) -> IndexOutcome:
         """Index ``page``; ``force`` re-embeds even unchanged content (diagnostics)."""
-        timer = _Timer(self._operations, page)
-        canonical = canonicalize_url(page.url)
-        doc_id = document_id(canonical)
+        return (await self.index_many([page], force=force))[0]
+
+    async def index_many(self, pages: Sequence[PageDocument], *, force: bool = False) -> list[IndexOutcome]:
+        """Index several pages as one batch, an outcome for each in their order: one lock pass, one
+        document lookup, one embedder call, one upsert and one record write for all of them.
+
+        Pages of one document are indexed one after another in their order (a later version wins), each in
+        its own pass. It fails as a whole: a page may then be written in part, as by a failed `index`, and
+        indexing it again (alone or in another batch) repairs it.
+        """
+        if not pages:
+            return []
+        timer = _Timer(self._operations, pages)
         async with timer.stage("clean"):
-            cleaned = clean_markdown(page.markdown)
-            digest = content_hash(
-                cleaned,
-                url=page.url,
-                title=page.title,
-                description=page.description,
-                language=page.language,
-                index_signature=self._index_signature,
-            )
+            prepared = [self._prepare(page) for page in pages]
+        INDEX_BATCH_PAGES.observe(len(pages))
+        outcomes: dict[int, _Outcome] = {}
+        for positions in _passes([item.doc_id for item in prepared]):
+            batch = [prepared[position] for position in positions]
+            results = await self._index_pass(batch, timer, force=force)
+            outcomes.update(zip(positions, results, strict=True))
+        timings = timer.total()
+        return [
+            outcomes[position].report(prepared[position], timings, len(pages))
+            for position in range(len(pages))
+        ]
 
-        def outcome(status: IndexStatus, chunk_count: int) -> IndexOutcome:
-            DOCUMENTS_PROCESSED.labels(status.value).inc()
-            if status is IndexStatus.INDEXED:
-                CHUNKS_INDEXED.inc(chunk_count)
-            return IndexOutcome(
-                url=page.url,
-                canonical_url=canonical,
-                doc_id=str(doc_id),
-                status=status,
-                chunk_count=chunk_count,
-                content_hash=digest,
-                timings_ms=timer.total(),
-            )
+    def _prepare(self, page: PageDocument) -> _Prepared:
+        canonical = canonicalize_url(page.url)
+        cleaned = clean_markdown(page.markdown)
+        digest = content_hash(
+            cleaned,
+            url=page.url,
+            title=page.title,
+            description=page.description,
+            language=page.language,
+            index_signature=self._index_signature,
+        )
+        return _Prepared(page, canonical, document_id(canonical), cleaned, digest)
 
-        async with self._lock.hold(str(doc_id)):
-            existing = await self._documents.get(doc_id)
-            # Older than what the index already reflects (newer content, or the page seen gone later).
-            if existing is not None and existing.source_received_at > page.received_at and not force:
-                return outcome(IndexStatus.SUPERSEDED, existing.chunk_count)
-            if (
-                existing is not None
-                and existing.content_hash == digest
-                and existing.status != DocumentStatus.GONE
-                and not force
-            ):
-                await self._touch(existing, page)
-                return outcome(IndexStatus.UNCHANGED, existing.chunk_count)
-
+    async def _index_pass(self, batch: list[_Prepared], timer: _Timer, *, force: bool) -> list[_Outcome]:
+        """Index pages of distinct documents together."""
+        async with self._lock.hold_many([str(item.doc_id) for item in batch]):
+            existing = await self._documents.get_many([item.doc_id for item in batch])
+            results: list[_Outcome | None] = []
+            fresh: list[_Prepared] = []
+            for item in batch:
+                previous = existing.get(item.doc_id)
+                skipped = await self._skip(item, previous, force=force)
+                results.append(skipped)
+                if skipped is None:
+                    fresh.append(item)
+            if not fresh:
+                return [result for result in results if result is not None]
             async with timer.stage("chunk"):
-                chunks = await asyncio.to_thread(self._chunker.chunk, cleaned)
-            texts = [chunk.text for chunk in chunks]
-            async with timer.stage("embed"):
-                vectors = await self._embedder.embed_documents(texts)
-            async with timer.stage("keyword"):
-                sparse = [self._bm25.encode_document(text) for text in texts]
-            now = self._clock()
-            common = self._payload(page, canonical, str(doc_id), digest, len(chunks), now)
-            points = [
-                IndexedPoint(
-                    id=point_id(doc_id, chunk.index),
-                    dense=vector,
-                    keyword=keyword,
-                    payload={**common, "chunk_index": chunk.index, "text": chunk.text},
+                chunked = await asyncio.to_thread(
+                    lambda: [self._chunker.chunk(item.cleaned) for item in fresh]
                 )
-                for chunk, vector, keyword in zip(chunks, vectors, sparse, strict=True)
-            ]
-            # Upsert first, then drop the tail: a reader never sees the document vanish.
+            texts = [chunk.text for chunks in chunked for chunk in chunks]
+            async with timer.stage("embed"):
+                vectors = iter(await self._embedder.embed_documents(texts))
+            async with timer.stage("keyword"):
+                sparse = iter([self._bm25.encode_document(text) for text in texts])
+            now = self._clock()
+            points: list[IndexedPoint] = []
+            records: list[DocumentRecord] = []
+            for item, chunks in zip(fresh, chunked, strict=True):
+                common = self._payload(
+                    item.page, item.canonical, str(item.doc_id), item.digest, len(chunks), now
+                )
+                points.extend(
+                    IndexedPoint(
+                        id=point_id(item.doc_id, chunk.index),
+                        dense=next(vectors),
+                        keyword=next(sparse),
+                        payload={**common, "chunk_index": chunk.index, "text": chunk.text},
+                    )
+                    for chunk in chunks
+                )
+                records.append(self._record(item, len(chunks), now))
+            # Upsert first, then drop the tails: a reader never sees a document vanish.
             async with timer.stage("upsert"):
                 await self._store.upsert(points)
             async with timer.stage("delete"):
-                await self._store.delete_chunks_from(doc_id, len(points))
-            status = DocumentStatus.INDEXED if points else DocumentStatus.EMPTY
+                for record in records:
+                    await self._store.delete_chunks_from(record.doc_id, record.chunk_count)
             async with timer.stage("record"):
-                await self._documents.save(
-                    DocumentRecord(
-                        doc_id=doc_id,
-                        canonical_url=canonical,
-                        url=page.url,
-                        title=page.title,
-                        content_hash=digest,
-                        chunk_count=len(points),
-                        status=status,
-                        crawl_id=page.crawl_id,
-                        indexed_at=now,
-                        source_received_at=page.received_at,
-                    )
-                )
-        return outcome(IndexStatus.INDEXED if points else IndexStatus.EMPTY, len(points))
+                await self._documents.save_many(records)
+        written = iter(records)
+        return [result if result is not None else _Outcome.of(next(written)) for result in results]
+
+    async def _skip(
+        self, item: _Prepared, existing: DocumentRecord | None, *, force: bool
+    ) -> _Outcome | None:
+        """The outcome of a page with nothing to write (older than the index, or unchanged); else None."""
+        if existing is None or force:
+            return None
+        # Older than what the index already reflects (newer content, or the page seen gone later).
+        if existing.source_received_at > item.page.received_at:
+            return _Outcome(IndexStatus.SUPERSEDED, existing.chunk_count)
+        if existing.content_hash == item.digest and existing.status != DocumentStatus.GONE:
+            await self._touch(existing, item.page)
+            return _Outcome(IndexStatus.UNCHANGED, existing.chunk_count)
+        return None
+
+    def _record(self, item: _Prepared, chunk_count: int, now: datetime) -> DocumentRecord:
+        page = item.page
+        return DocumentRecord(
+            doc_id=item.doc_id,
+            canonical_url=item.canonical,
+            url=page.url,
+            title=page.title,
+            content_hash=item.digest,
+            chunk_count=chunk_count,
+            status=DocumentStatus.INDEXED if chunk_count else DocumentStatus.EMPTY,
+            crawl_id=page.crawl_id,
+            indexed_at=now,
+            source_received_at=page.received_at,
+        )
 
     async def remove(self, url: str, *, received_at: datetime | None = None) -> int:
         """The page is gone (404/410, or its sender says removed): delete its chunks, mark its row.
@@ -219,7 +272,7 @@ class IndexingPipeline:
         canonical = canonicalize_url(url)
         doc_id = document_id(canonical)
         received = received_at or self._clock()
-        timer = _Timer(self._operations, PageDocument(url=url, markdown=""))
+        timer = _Timer(self._operations, [PageDocument(url=url, markdown="")])
         async with self._lock.hold(str(doc_id)):
             existing = await self._documents.get(doc_id)
             if existing is not None and existing.source_received_at > received:
@@ -280,3 +333,52 @@ class IndexingPipeline:
             "indexed_at": now.isoformat(),
             "indexed_at_ts": now.timestamp(),
         }
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A page, cleaned, with the identity and content hash it is indexed under."""
+
+    page: PageDocument
+    canonical: str
+    doc_id: uuid.UUID
+    cleaned: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    status: IndexStatus
+    chunk_count: int
+
+    @classmethod
+    def of(cls, record: DocumentRecord) -> _Outcome:
+        return cls(IndexStatus.INDEXED if record.chunk_count else IndexStatus.EMPTY, record.chunk_count)
+
+    def report(self, item: _Prepared, timings: dict[str, float], batch_pages: int) -> IndexOutcome:
+        DOCUMENTS_PROCESSED.labels(self.status.value).inc()
+        if self.status is IndexStatus.INDEXED:
+            CHUNKS_INDEXED.inc(self.chunk_count)
+        return IndexOutcome(
+            url=item.page.url,
+            canonical_url=item.canonical,
+            doc_id=str(item.doc_id),
+            status=self.status,
+            chunk_count=self.chunk_count,
+            content_hash=item.digest,
+            timings_ms=timings,
+            batch_pages=batch_pages,
+        )
+
+
+def _passes(doc_ids: Sequence[uuid.UUID]) -> list[list[int]]:
+    """Positions split into passes of distinct documents: a document's n-th page goes in pass n."""
+    passes: list[list[int]] = []
+    seen: dict[uuid.UUID, int] = {}
+    for position, doc_id in enumerate(doc_ids):
+        number = seen.get(doc_id, -1) + 1
+        seen[doc_id] = number
+        if number == len(passes):
+            passes.append([])
+        passes[number].append(position)
+    return passes

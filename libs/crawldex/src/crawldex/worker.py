@@ -24,16 +24,18 @@ from typing import Any
 import redis
 from prometheus_client import start_http_server
 from rq import Queue, SimpleWorker
+from rq.executions import Execution
 from rq.job import Job
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
+from rq.utils import now
 from rq.worker import WorkerStatus
 
-from crawldex.adapters.queue import connect_redis
+from crawldex.adapters.queue import INDEX_JOB, connect_redis
 from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE, Settings
 from crawldex.errors import ConfigurationError
-from crawldex.jobs import JobLoop, WorkerRuntime, install_runtime
+from crawldex.jobs import JobLoop, WorkerRuntime, forget_batch, index_together, install_runtime
 from crawldex.logs import configure_logging
 from crawldex.recovery import recover_change_events
 from crawldex.services import RescrapeServices, Services
@@ -88,6 +90,10 @@ class CrawldexWorker(SimpleWorker):
     from a heartbeat thread while the job runs, and runs the maintenance pass (which re-queues abandoned jobs
     that have tries left) every ``maintenance_seconds``, so a dead worker's job runs again within
     3 x ``heartbeat_seconds`` + ``maintenance_seconds``.
+
+    After an index job it takes the index jobs queued behind it, up to ``index_batch_pages`` in all, and
+    indexes their pages as one batch (`crawldex.jobs.index_together`) before RQ performs each job as usual;
+    each taken job is in RQ's started registry, and leased, from the moment it is taken.
     """
 
     LEASE_BEATS = 3  # beats a job's lease survives: one late beat is not a dead worker
@@ -98,6 +104,7 @@ class CrawldexWorker(SimpleWorker):
         heartbeat_seconds: int = 10,
         maintenance_seconds: int = 30,
         extra_maintenance: Callable[[], None] | None = None,
+        index_batch_pages: int = 1,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("serializer", JSONSerializer)
@@ -109,7 +116,9 @@ class CrawldexWorker(SimpleWorker):
         stop_forked_children_with_their_worker()
         self.heartbeat_seconds = heartbeat_seconds
         self._extra_maintenance = extra_maintenance
+        self.index_batch_pages = index_batch_pages
         self._heartbeat: JobHeartbeat | None = None
+        self._executions: dict[str, Execution] = {}
 
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
@@ -124,19 +133,70 @@ class CrawldexWorker(SimpleWorker):
         return self.heartbeat_seconds * self.LEASE_BEATS
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        self.prepare_execution(job)
+        batch = [(job, queue), *self._more_index_jobs(job)]
+        self._executions = {queued.id: self.prepare_execution(queued) for queued, _ in batch}
         if self._heartbeat is None:
             self._heartbeat = JobHeartbeat(self._beat, self.heartbeat_seconds, name=f"heartbeat-{self.name}")
-        with self._heartbeat.running(job):
-            self.perform_job(job, queue)
+        with self._heartbeat.running([queued for queued, _ in batch]):
+            try:
+                if len(batch) > 1:
+                    index_together([queued for queued, _ in batch if queued.func_name == INDEX_JOB])
+                for queued, origin in batch:
+                    self.execution = self._executions[queued.id]
+                    self.perform_job(queued, origin)
+            finally:
+                forget_batch()
+                self._executions = {}
         self.set_state(WorkerStatus.IDLE)
 
-    def _beat(self, job: Job) -> None:
+    def _more_index_jobs(self, job: Job) -> list[tuple[Job, Queue]]:
+        """After an index job, the jobs queued behind it, up to ``index_batch_pages`` jobs in all, taken
+        without waiting (none while the queue is empty). A job of another kind ends the batch: it runs
+        after the batch, as it would have without one."""
+        taken: list[tuple[Job, Queue]] = []
+        if job.func_name != INDEX_JOB:
+            return taken
+        while len(taken) + 1 < self.index_batch_pages:
+            try:
+                more = self.queue_class.dequeue_any(
+                    self._ordered_queues,
+                    None,
+                    connection=self.connection,
+                    job_class=self.job_class,
+                    serializer=self.serializer,
+                    death_penalty_class=self.death_penalty_class,
+                )
+            except Exception:
+                # A job that cannot be read stays where RQ's own dequeue will meet (and fail) it.
+                log.exception("could not take more jobs for a batch")
+                break
+            if more is None:
+                break
+            taken.append(more)
+            if more[0].func_name != INDEX_JOB:
+                break
+        return taken
+
+    def cleanup_execution(self, job: Job, pipeline: redis.client.Pipeline) -> None:
+        # Before the execution's records go, so that no heartbeat can write them again.
+        if self._heartbeat is not None:
+            self._heartbeat.release(job)
+        super().cleanup_execution(job, pipeline)
+
+    def _beat(self, jobs: Sequence[Job]) -> None:
+        """Renew the worker's registration and the lease of each job it holds (RQ's `maintain_heartbeats`,
+        for a batch of jobs)."""
         try:
-            self.maintain_heartbeats(job)
+            with self.connection.pipeline() as pipeline:
+                self.heartbeat(self.job_monitoring_interval + 60, pipeline=pipeline)
+                for job in jobs:
+                    ttl = self.get_heartbeat_ttl(job)
+                    self._executions[job.id].heartbeat(job.started_job_registry, ttl, pipeline=pipeline)
+                    job.heartbeat(now(), ttl, pipeline=pipeline, xx=True)
+                pipeline.execute()
         except redis.RedisError as exc:
-            # Redis is away: the lease may lapse and the job run again elsewhere; jobs are idempotent.
-            log.warning("heartbeat of job %s failed: %s", job.id, exc)
+            # Redis is away: the leases may lapse and the jobs run again elsewhere; jobs are idempotent.
+            log.warning("heartbeat of jobs %s failed: %s", ", ".join(job.id for job in jobs), exc)
 
     def teardown(self) -> None:
         if self._heartbeat is not None:
@@ -146,36 +206,42 @@ class CrawldexWorker(SimpleWorker):
 
 
 class JobHeartbeat:
-    """Calls ``beat(job)`` every ``interval`` seconds while a job runs, from one thread that serves every job
-    of a worker.
+    """Calls ``beat(jobs)`` every ``interval`` seconds for the jobs a worker holds (one, or a batch), from
+    one thread that serves every job of the worker.
 
     A thread per job would cost each job a thread start and a join, two hand-overs between threads that
-    a short job feels. This thread is never woken for a job: it sleeps until the running job's next beat
-    is due (or one interval while idle), so starting and ending a job only take a lock. A beat holds that
-    lock, so a job that ends waits for a beat in flight and no beat ever follows the end of its job.
+    a short job feels. This thread is never woken for a job: it sleeps until the next beat is due (or one
+    interval while idle), so starting and ending jobs only take a lock. A beat holds that lock, so a job
+    released waits for a beat in flight and no beat ever follows the release of its job.
     """
 
-    def __init__(self, beat: Callable[[Job], None], interval: float, *, name: str) -> None:
+    def __init__(self, beat: Callable[[Sequence[Job]], None], interval: float, *, name: str) -> None:
         self._beat = beat
         self._interval = interval
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._job: Job | None = None
-        self._due = 0.0  # monotonic time of the running job's next beat
+        self._jobs: list[Job] = []
+        self._due = 0.0  # monotonic time of the next beat while jobs are held
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     @contextmanager
-    def running(self, job: Job) -> Iterator[None]:
+    def running(self, jobs: Sequence[Job]) -> Iterator[None]:
+        """Beat for ``jobs`` until each is released, or until the block ends."""
         with self._lock:
-            self._job = job
+            self._jobs = list(jobs)
             self._due = time.monotonic() + self._interval
         try:
             yield
         finally:
             with self._lock:
-                self._job = None
+                self._jobs = []
+
+    def release(self, job: Job) -> None:
+        """No more beats for ``job`` (it has ended)."""
+        with self._lock:
+            self._jobs = [held for held in self._jobs if held.id != job.id]
 
     def close(self) -> None:
         with self._lock:
@@ -187,18 +253,18 @@ class JobHeartbeat:
         with self._lock:
             while not self._closed:
                 now = time.monotonic()
-                if self._job is not None and now >= self._due:
+                if self._jobs and now >= self._due:
                     try:
-                        self._beat(self._job)
+                        self._beat(list(self._jobs))
                     except Exception:
                         # This thread serves every later job too: it must outlive any one beat's error.
-                        log.exception("heartbeat of job %s failed", self._job.id)
+                        log.exception("heartbeat of jobs %s failed", ", ".join(job.id for job in self._jobs))
                     # Counted from the beat's end, so the wait below always lets go of the lock, even
-                    # when Redis answers slower than the interval: the job can end meanwhile.
+                    # when Redis answers slower than the interval: jobs can end meanwhile.
                     self._due = time.monotonic() + self._interval
                     continue
                 # Idle, it looks again after one interval: a job that starts meanwhile is due no sooner.
-                self._wake.wait(self._due - now if self._job is not None else self._interval)
+                self._wake.wait(self._due - now if self._jobs else self._interval)
 
 
 class EmbeddedWorker(CrawldexWorker):
@@ -284,6 +350,7 @@ def run_worker(settings: Settings, kind: str, *, burst: bool = False) -> None:
         name=worker_name(kind),
         heartbeat_seconds=settings.worker_heartbeat_seconds,
         maintenance_seconds=settings.worker_maintenance_seconds,
+        index_batch_pages=settings.index_batch_pages,
         extra_maintenance=(
             partial(sweep_change_events, runtime, connection, settings) if kind == "rescrape-worker" else None
         ),
@@ -355,6 +422,7 @@ class EmbeddedConsumer:
             name=worker_name("embedded", f".{threading.get_ident()}"),
             heartbeat_seconds=self._settings.worker_heartbeat_seconds,
             maintenance_seconds=self._settings.worker_maintenance_seconds,
+            index_batch_pages=self._settings.index_batch_pages,
             extra_maintenance=partial(sweep_change_events, runtime, connection, self._settings),
         )
         self._ready.set()

@@ -64,6 +64,7 @@ class DocumentRepository:
         self._db = database
         columns = [Document.__table__.c[name] for name in _DOCUMENT_FIELDS]
         self._select = select(*columns).where(Document.doc_id == bindparam("id"))
+        self._select_many = select(*columns).where(Document.doc_id.in_(bindparam("ids", expanding=True)))
         insert = database.insert()(Document)
         self._upsert = insert.on_conflict_do_update(
             index_elements=[Document.doc_id],
@@ -78,10 +79,33 @@ class DocumentRepository:
             row = (await conn.execute(self._select, {"id": doc_id})).first()
         return DocumentRecord(**row._mapping) if row is not None else None
 
+    async def get_many(self, doc_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, DocumentRecord]:
+        """The rows of those of ``doc_ids`` that exist, in one statement."""
+        if len(doc_ids) == 1:
+            (doc_id,) = doc_ids
+            record = await self.get(doc_id)
+            return {doc_id: record} if record is not None else {}
+        async with self._db.statement() as conn:
+            rows = (await conn.execute(self._select_many, {"ids": list(doc_ids)})).all()
+        return {row.doc_id: DocumentRecord(**row._mapping) for row in rows}
+
     async def save(self, record: DocumentRecord) -> None:
         """Insert or replace the document's row in one statement (ON CONFLICT), atomic as it is."""
         async with self._db.statement() as conn:
-            await conn.execute(self._upsert, {name: getattr(record, name) for name in _DOCUMENT_FIELDS})
+            await conn.execute(self._upsert, self._values(record))
+
+    async def save_many(self, records: Collection[DocumentRecord]) -> None:
+        """`save` for several documents in one transaction: one commit (one flush to disk) for all."""
+        if len(records) <= 1:
+            for record in records:
+                await self.save(record)
+            return
+        async with self._db.transaction() as conn:
+            await conn.execute(self._upsert, [self._values(record) for record in records])
+
+    @staticmethod
+    def _values(record: DocumentRecord) -> dict[str, object]:
+        return {name: getattr(record, name) for name in _DOCUMENT_FIELDS}
 
     async def count(self, *, statuses: Collection[str] | None = None) -> int:
         conditions = [Document.status.in_(list(statuses))] if statuses is not None else []

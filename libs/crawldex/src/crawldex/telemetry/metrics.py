@@ -93,7 +93,7 @@ JOB_DURATION = Histogram(
 )
 STAGE_DURATION = Histogram(
     "crawldex_stage_duration_seconds",
-    "Time of each pipeline stage: fetch, clean, chunk, embed, keyword, upsert, delete, record.",
+    "Time of each pipeline stage (fetch, clean, chunk, embed, keyword, upsert, delete, record), once per batch of pages.",
     ["stage"],
     buckets=JOB_BUCKETS,
 )
@@ -103,6 +103,11 @@ DOCUMENTS_PROCESSED = Counter(
     ["result"],
 )
 CHUNKS_INDEXED = Counter("crawldex_chunks_indexed", "Chunks embedded and written to the vector store.")
+INDEX_BATCH_PAGES = Histogram(
+    "crawldex_index_batch_pages",
+    "Pages an index worker indexed together (one lock pass, embedder call, upsert and record write).",
+    buckets=BATCH_BUCKETS,
+)
 EMBED_BATCH_SIZE = Histogram(
     "crawldex_embedder_batch_size",
     "Texts per embedder call, by embedder (local, tei) and purpose.",

@@ -15,6 +15,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import SpanContext
 
 from crawldex.config import Settings
 
@@ -45,6 +46,12 @@ def inject_context() -> dict[str, str]:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier
+
+
+def span_context_of(carrier: Mapping[str, str] | None) -> SpanContext | None:
+    """The span a carrier names (for a link from a span that serves several traces), if it names one."""
+    span_context = trace.get_current_span(propagate.extract(dict(carrier or {}))).get_span_context()
+    return span_context if span_context.is_valid else None
 
 
 @contextmanager

@@ -1,0 +1,190 @@
+"""The index-worker takes the index jobs queued behind the one it dequeued and indexes their pages as one
+batch (real RQ and Redis, PostgreSQL, the model, the embedded store); each job still ends on its own."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import redis
+from rq import Queue
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from crawldex.adapters.embedder import Embedder, EmbedderInfo, Vector
+from crawldex.adapters.local_model import LocalModelEmbedder
+from crawldex.config import QUEUE_INDEXING, Settings
+from crawldex.errors import EmbedderError
+from crawldex.jobs import JobLoop, WorkerRuntime, install_runtime
+from crawldex.models import PageDocument, utc_now
+from crawldex.services import Services
+from crawldex.urls import canonicalize_url, document_id
+from crawldex.worker import CrawldexWorker, worker_name
+
+REFUSED = "a text the embedding server refuses"
+
+
+class RefusingEmbedder:
+    """The real model, except for texts that carry ``REFUSED``: those fail the whole call, as TEI fails a
+    request one of whose inputs it rejects (413 or 422)."""
+
+    def __init__(self, model: LocalModelEmbedder) -> None:
+        self._model = model
+
+    @property
+    def info(self) -> EmbedderInfo:
+        return self._model.info
+
+    async def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
+        if any(REFUSED in text for text in texts):
+            raise EmbedderError("TEI 413: one input is too large")
+        return await self._model.embed_documents(texts)
+
+    async def embed_query(self, text: str) -> Vector:
+        return await self._model.embed_query(text)
+
+    async def health(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+def page(number: int, text: str = "", **fields: Any) -> PageDocument:
+    return PageDocument(
+        url=f"https://batch.example/page/{number}",
+        markdown=f"# Page {number}\n\n{text or f'Page number {number} is about batches of index jobs.'}",
+        **fields,
+    )
+
+
+def start_runtime(settings: Settings, embedder: Embedder) -> WorkerRuntime:
+    loop = JobLoop()
+    runtime = WorkerRuntime(loop, index=loop.run(Services.start(settings, embedder=embedder)))
+    install_runtime(runtime)
+    return runtime
+
+
+@pytest.fixture
+def runtime(settings: Settings, embedder: LocalModelEmbedder) -> Iterator[WorkerRuntime]:
+    started = start_runtime(settings, embedder)
+    yield started
+    install_runtime(None)
+    started.close()
+
+
+def work(connection: redis.Redis, batch_pages: int) -> Queue:
+    queue = Queue(QUEUE_INDEXING, connection=connection, serializer=JSONSerializer)
+    worker = CrawldexWorker(
+        [queue], connection=connection, name=worker_name("batch-test"), index_batch_pages=batch_pages
+    )
+    worker.work(burst=True, with_scheduler=False)
+    assert queue.started_job_registry.count == 0
+    assert queue.intermediate_queue.get_job_ids() == []
+    return queue
+
+
+def result_of(connection: redis.Redis, job_id: str) -> dict[str, Any]:
+    job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+    assert job.get_status() == "finished", job.latest_result()
+    result = job.return_value()
+    assert isinstance(result, dict)
+    return result
+
+
+def indexed_hash(runtime: WorkerRuntime, document: PageDocument) -> str | None:
+    doc_id = document_id(canonicalize_url(document.url))
+    record = runtime.run(runtime.index.documents.get(doc_id))
+    return record.content_hash if record is not None else None
+
+
+def test_queued_pages_are_indexed_in_batches_and_each_job_ends_on_its_own(
+    runtime: WorkerRuntime, clean_redis: redis.Redis
+) -> None:
+    pages = [page(number) for number in range(5)]
+    jobs = [runtime.index.queue.enqueue_index(p) for p in pages]
+
+    work(clean_redis, batch_pages=4)
+
+    results = [result_of(clean_redis, job.job_id) for job in jobs]
+    assert [r["batch_pages"] for r in results] == [4, 4, 4, 4, 1]
+    assert [r["status"] for r in results] == ["indexed"] * 5
+    assert [r["url"] for r in results] == [p.url for p in pages]
+    for document, result in zip(pages, results, strict=True):
+        assert indexed_hash(runtime, document) == result["content_hash"]
+    assert runtime.run(runtime.index.store.count()) == sum(r["chunk_count"] for r in results)
+
+
+def test_a_batch_of_one_job_at_a_time_is_the_old_worker(
+    runtime: WorkerRuntime, clean_redis: redis.Redis
+) -> None:
+    jobs = [runtime.index.queue.enqueue_index(page(number)) for number in range(3)]
+    work(clean_redis, batch_pages=1)
+    assert [result_of(clean_redis, job.job_id)["batch_pages"] for job in jobs] == [1, 1, 1]
+
+
+def test_versions_of_one_page_in_one_batch_are_indexed_in_their_order(
+    runtime: WorkerRuntime, clean_redis: redis.Redis
+) -> None:
+    first_seen = utc_now() - timedelta(minutes=5)
+    older = page(1, "The first version of the page.", received_at=first_seen)
+    newer = page(1, "The second version, which must win.", received_at=first_seen + timedelta(minutes=1))
+    queue = runtime.index.queue
+    jobs = [
+        queue.enqueue_index(older, delivery_id="first"),
+        queue.enqueue_index(page(2)),
+        queue.enqueue_index(newer, delivery_id="second"),
+    ]
+
+    work(clean_redis, batch_pages=8)
+
+    older_result, _, newer_result = (result_of(clean_redis, job.job_id) for job in jobs)
+    assert older_result["status"] == newer_result["status"] == "indexed"
+    assert older_result["batch_pages"] == 3
+    assert indexed_hash(runtime, newer) == newer_result["content_hash"] != older_result["content_hash"]
+    hits = runtime.run(runtime.index.store.count())
+    assert hits == newer_result["chunk_count"] + result_of(clean_redis, jobs[1].job_id)["chunk_count"]
+
+
+def test_a_removal_ends_the_batch_and_runs_after_the_pages_queued_before_it(
+    runtime: WorkerRuntime, clean_redis: redis.Redis
+) -> None:
+    queue = runtime.index.queue
+    gone, other, later = page(1), page(2), page(3)
+    indexing = [queue.enqueue_index(gone), queue.enqueue_index(other)]
+    removal = queue.enqueue_removal(gone.url, None, received_at=utc_now())
+    after = queue.enqueue_index(later)
+
+    work(clean_redis, batch_pages=8)
+
+    assert [result_of(clean_redis, job.job_id)["batch_pages"] for job in indexing] == [2, 2]
+    assert result_of(clean_redis, removal.job_id)["status"] == "gone"
+    assert result_of(clean_redis, after.job_id)["batch_pages"] == 1  # the removal ended the batch
+    doc_id = document_id(canonicalize_url(gone.url))
+    record = runtime.run(runtime.index.documents.get(doc_id))
+    assert record is not None
+    assert record.status == "gone"
+
+
+def test_a_batch_that_fails_is_indexed_again_one_job_at_a_time(
+    settings: Settings, embedder: LocalModelEmbedder, clean_redis: redis.Redis
+) -> None:
+    """One page the embedder refuses fails its own job; the pages batched with it are still indexed."""
+    runtime = start_runtime(settings.model_copy(update={"index_job_retries": 0}), RefusingEmbedder(embedder))
+    try:
+        queue = runtime.index.queue
+        good = [queue.enqueue_index(page(1)), queue.enqueue_index(page(3))]
+        refused = queue.enqueue_index(page(2, REFUSED))
+        work(clean_redis, batch_pages=8)
+
+        assert [result_of(clean_redis, job.job_id)["batch_pages"] for job in good] == [1, 1]
+        job = Job.fetch(refused.job_id, connection=clean_redis, serializer=JSONSerializer)
+        assert job.get_status() == "failed"
+        latest = job.latest_result()
+        assert latest is not None
+        assert "TEI 413" in (latest.exc_string or "")
+    finally:
+        install_runtime(None)
+        runtime.close()
