@@ -11,16 +11,19 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
 
-from crawldex.adapters.embedder import EmbedderInfo, Vector
+from crawldex.adapters.embedder import Embedder, EmbedderInfo, Vector
 from crawldex.adapters.local_model import BUNDLED_MODEL_ID, LocalModelEmbedder
-from crawldex.config import Settings
+from crawldex.config import QUEUE_INDEXING, Settings
+from crawldex.jobs import JobLoop, WorkerRuntime, install_runtime
+from crawldex.services import Services
+from crawldex.worker import CrawldexWorker, worker_name
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCIFACT = REPO_ROOT.parent / "shared" / "data" / "scifact-subset"
@@ -128,6 +131,59 @@ async def postgres_database() -> AsyncIterator[str]:
         yield f"{base}/{name}"
     finally:
         await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def worker_runtime(
+    data_dir: Path, embedder: Embedder, **overrides: object
+) -> Iterator[tuple[WorkerRuntime, Settings]]:
+    """An index-worker's runtime in this thread (services built once on a job loop, as `run_worker`
+    builds them), on a fresh PostgreSQL database; closed and dropped afterwards."""
+    loop = JobLoop()
+    database = postgres_database()
+    database_url = loop.run(database.__aenter__())
+    try:
+        settings = bench_settings(data_dir, database_url, **overrides)
+        runtime = WorkerRuntime(loop, index=loop.run(Services.start(settings, embedder=embedder)))
+        install_runtime(runtime)
+        try:
+            yield runtime, settings
+        finally:
+            install_runtime(None)
+            loop.run(runtime.index.aclose())
+    finally:
+        loop.run(database.__aexit__(None, None, None))
+        loop.close()
+
+
+def work_index_queue(settings: Settings) -> float:
+    """Run crawldex's index-worker (CrawldexWorker) in this thread until the indexing queue is empty;
+    the seconds it took. Every job must finish."""
+    import redis
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    connection = redis.Redis.from_url(settings.redis_url)
+    try:
+        queue = Queue(QUEUE_INDEXING, connection=connection, serializer=JSONSerializer)
+        queued = queue.count
+        finished_before = queue.finished_job_registry.count
+        worker = CrawldexWorker(
+            [queue],
+            connection=connection,
+            name=worker_name("bench"),
+            index_batch_pages=settings.index_batch_pages,
+        )
+        started = time.perf_counter()
+        worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
+        seconds = time.perf_counter() - started
+        finished = queue.finished_job_registry.count - finished_before
+        if finished != queued:
+            failed = queue.failed_job_registry.count
+            raise RuntimeError(f"index jobs: {finished} finished, {failed} failed of {queued}")
+        return seconds
+    finally:
+        connection.close()
 
 
 def flush_redis() -> None:

@@ -15,16 +15,14 @@ from benchmarks.common import (
     NullEmbedder,
     Report,
     Row,
-    bench_settings,
     flush_redis,
-    postgres_database,
     progress,
     temp_dir,
+    work_index_queue,
+    worker_runtime,
 )
-from crawldex.jobs import JobLoop, WorkerRuntime, install_runtime
+from crawldex.config import Settings
 from crawldex.models import PageDocument
-from crawldex.services import Services
-from crawldex.worker import CrawldexWorker, worker_name
 
 NOOP_QUEUE = "bench-noop"
 
@@ -48,18 +46,27 @@ def _noop_rate(connection: redis.Redis, jobs: int) -> float:
     return jobs / seconds
 
 
-class _DatabaseContext:
-    """postgres_database() driven from synchronous code on the job loop."""
-
-    def __init__(self, loop: JobLoop) -> None:
-        self._loop = loop
-        self._cm = postgres_database()
-
-    def __enter__(self) -> str:
-        return self._loop.run(self._cm.__aenter__())
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.run(self._cm.__aexit__(None, None, None))
+def _index_rate(jobs: int, batch_pages: int) -> tuple[float, int]:
+    """Index jobs a second through crawldex's worker taking up to ``batch_pages`` jobs at a time, and the
+    points written."""
+    flush_redis()
+    with (
+        temp_dir("jobs") as tmp,
+        worker_runtime(Path(tmp), NullEmbedder(), index_batch_pages=batch_pages) as (runtime, settings),
+    ):
+        services = runtime.index
+        for i in range(jobs):
+            services.queue.enqueue_index(
+                PageDocument(
+                    url=f"https://jobs.bench/page/{i}",
+                    markdown=f"# Page {i}\n\nA short page number {i} about queues and workers.",
+                )
+            )
+        progress(
+            f"jobs: {jobs} index jobs (null embedder) through crawldex's worker, {batch_pages} at a time"
+        )
+        seconds = work_index_queue(settings)
+        return jobs / seconds, runtime.run(services.store.count())
 
 
 def run(quick: bool = False) -> Report:
@@ -69,40 +76,13 @@ def run(quick: bool = False) -> Report:
     connection = redis.Redis.from_url(REDIS_URL)
     progress(f"jobs: {jobs} no-op jobs through SimpleWorker")
     noop_rates = [_noop_rate(connection, jobs)]
-    loop = JobLoop()
-    with temp_dir("jobs") as tmp, _DatabaseContext(loop) as database_url:
-        settings = bench_settings(Path(tmp), database_url)
-        services = loop.run(Services.start(settings, embedder=NullEmbedder()))
-        runtime = WorkerRuntime(loop, index=services)
-        install_runtime(runtime)
-        try:
-            for i in range(jobs):
-                services.queue.enqueue_index(
-                    PageDocument(
-                        url=f"https://jobs.bench/page/{i}",
-                        markdown=f"# Page {i}\n\nA short page number {i} about queues and workers.",
-                    )
-                )
-            progress(f"jobs: {jobs} index jobs (null embedder) through crawldex's worker")
-            queue = Queue("indexing", connection=connection, serializer=JSONSerializer)
-            worker = CrawldexWorker([queue], connection=connection, name=worker_name("bench"))
-            started = time.perf_counter()
-            worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
-            seconds = time.perf_counter() - started
-            finished = queue.finished_job_registry.count
-            failed = queue.failed_job_registry.count
-            points = loop.run(services.store.count())
-        finally:
-            install_runtime(None)
-            loop.run(services.aclose())
-    loop.close()
+    batch_pages = Settings().index_batch_pages
+    rate, points = _index_rate(jobs, batch_pages)
+    one_at_a_time, _ = _index_rate(jobs, 1)
     progress("jobs: no-op jobs again")
     flush_redis()
     noop_rates.append(_noop_rate(connection, jobs))
     connection.close()
-    if finished != jobs:
-        raise RuntimeError(f"index jobs: {finished} finished, {failed} failed of {jobs}")
-    rate = jobs / seconds
     noop_rate = sum(noop_rates) / len(noop_rates)
     per_job_ms = 1000 / rate
     noop_ms = 1000 / noop_rate
@@ -119,7 +99,9 @@ def run(quick: bool = False) -> Report:
     )
     report.notes.append(
         f"Per-job overhead: {jobs} one-chunk pages queued with JobQueue.enqueue_index, run by CrawldexWorker "
-        f"(an RQ SimpleWorker) in burst mode in this process, {points} points written; the no-op rate is the "
+        f"(an RQ SimpleWorker taking up to {batch_pages} queued index jobs at a time) in burst mode in this "
+        f"process, {points} points written (one job at a time, as before batches: {one_at_a_time:.1f} jobs/s, "
+        f"{1000 / one_at_a_time:.1f} ms a job, in the same run); the no-op rate is the "
         f"mean of runs before and after ({', '.join(f'{r:.0f}' for r in noop_rates)} jobs/s), same Redis, "
         "JSONSerializer, SimpleWorker."
     )
