@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 from rq.job import Job
@@ -28,10 +29,11 @@ from benchmarks.common import (
 from crawldex.adapters.local_model import LocalModelEmbedder
 from crawldex.cleaning import clean_markdown
 from crawldex.config import Settings
-from crawldex.jobs import WorkerRuntime
+from crawldex.jobs import WorkerRuntime, install_runtime
 from crawldex.models import PageDocument
 
-ROUNDS = 2
+ROUNDS = 8
+PAGES_A_ROUND = 15  # per batch size
 
 
 class _Tally:
@@ -92,30 +94,36 @@ def _round(
 def run(quick: bool = False) -> Report:
     report = Report("throughput")
     data = load_scifact()
-    count = 40 if quick else 60
+    rounds, count = (4, 10) if quick else (ROUNDS, PAGES_A_ROUND)
     batch_pages = Settings().index_batch_pages
     sizes = (batch_pages, 1) if batch_pages > 1 else (1,)
-    ids = sorted(data.corpus, key=int)[-(count * ROUNDS * len(sizes) + 1) :]
+    ids = sorted(data.corpus, key=int)[-(count * rounds * len(sizes) + 1) :]
     warmup, rest = ids[0], ids[1:]
     model = load_model()
     flush_redis()
     tallies = {size: _Tally() for size in sizes}
-    for size, tally in tallies.items():
-        with (
-            temp_dir("throughput") as tmp,
-            worker_runtime(Path(tmp), model, index_batch_pages=size) as (runtime, settings),
-        ):
+    with ExitStack() as stack:
+        runtimes = {
+            size: stack.enter_context(
+                worker_runtime(
+                    Path(stack.enter_context(temp_dir("throughput"))), model, index_batch_pages=size
+                )
+            )
+            for size in sizes
+        }
+        for runtime, _ in runtimes.values():
             runtime.run(
                 runtime.index.pipeline.index(PageDocument(url=doc_url(warmup), markdown=data.corpus[warmup]))
             )
-            # Each round times the embedder alone, then the worker, on the round's own pages (a page indexed
-            # twice would be skipped as unchanged), so drift in the machine's speed hits both.
-            for number in range(ROUNDS):
+        # Short rounds, each timing the embedder alone and then the worker on the round's own pages (a page
+        # indexed twice would be skipped as unchanged), batch sizes taking turns, so that drift in the
+        # machine's speed (a shared hypervisor's) hits every figure alike.
+        for number in range(rounds):
+            progress(f"throughput: round {number + 1} of {rounds}, {count} pages a batch size")
+            for size, (runtime, settings) in runtimes.items():
                 docs, rest = rest[:count], rest[count:]
-                progress(
-                    f"throughput: {size} page(s) a batch, round {number + 1}: the embedder alone, then the worker"
-                )
-                _round(runtime, settings, model, data, docs, tally)
+                install_runtime(runtime)
+                _round(runtime, settings, model, data, docs, tallies[size])
     main = tallies[batch_pages]
     report.rows.append(
         Row(
@@ -133,7 +141,7 @@ def run(quick: bool = False) -> Report:
         f"Index throughput: {main.pages} SciFact abstracts ({main.chunks} chunks of up to 250 tokens) queued and "
         f"indexed by crawldex's index-worker in this process, taking up to {batch_pages} queued jobs at a time, "
         f"against the embedder alone on the same chunks in the same calls (one per {batch_pages} pages), in "
-        f"{ROUNDS} rounds; CPU model batch {Settings().model_batch_size}, PostgreSQL, embedded Qdrant, Redis lock. "
+        f"{rounds} rounds of {count} pages; CPU model batch {Settings().model_batch_size}, PostgreSQL, embedded Qdrant, Redis lock. "
         f"Pipeline time by stage ({total / 1000:.1f} s in the jobs' results, {main.worker_seconds:.1f} s in the "
         "worker): "
         + ", ".join(f"{s} {ms / total:.1%}" for s, ms in sorted(main.stages.items(), key=lambda kv: -kv[1]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -13,7 +14,7 @@ from typing import Any, Protocol
 
 from crawldex.adapters.embedder import Embedder
 from crawldex.adapters.qdrant import IndexedPoint, VectorStore
-from crawldex.chunking import Chunker
+from crawldex.chunking import Chunk, Chunker
 from crawldex.cleaning import clean_markdown, content_hash
 from crawldex.db.repository import DocumentRecord, DocumentRepository
 from crawldex.db.tables import DocumentStatus
@@ -199,9 +200,7 @@ class IndexingPipeline:
             if not fresh:
                 return [result for result in results if result is not None]
             async with timer.stage("chunk"):
-                chunked = await asyncio.to_thread(
-                    lambda: [self._chunker.chunk(item.cleaned) for item in fresh]
-                )
+                chunked = await self._chunk_all([item.cleaned for item in fresh])
             texts = [chunk.text for chunks in chunked for chunk in chunks]
             async with timer.stage("embed"):
                 vectors = iter(await self._embedder.embed_documents(texts))
@@ -234,6 +233,19 @@ class IndexingPipeline:
                 await self._documents.save_many(records)
         written = iter(records)
         return [result if result is not None else _Outcome.of(next(written)) for result in results]
+
+    async def _chunk_all(self, texts: list[str]) -> list[list[Chunk]]:
+        """Chunk ``texts`` on up to one thread per CPU: the splitter lets go of the GIL, so a batch's pages
+        are chunked side by side (on 2 cores in about half the time of one after another)."""
+        threads = min(len(texts), os.cpu_count() or 1)
+
+        def chunk_share(share: list[str]) -> list[list[Chunk]]:
+            return [self._chunker.chunk(text) for text in share]
+
+        shares = await asyncio.gather(
+            *(asyncio.to_thread(chunk_share, texts[first::threads]) for first in range(threads))
+        )
+        return [shares[position % threads][position // threads] for position in range(len(texts))]
 
     async def _skip(
         self, item: _Prepared, existing: DocumentRecord | None, *, force: bool
