@@ -146,7 +146,7 @@ class CrawldexWorker(SimpleWorker):
                     self.perform_job(queued, origin)
             finally:
                 forget_batch()
-                self._executions = {}
+        self._executions = {}  # only now: no beat follows the end of `running`
         self.set_state(WorkerStatus.IDLE)
 
     def _more_index_jobs(self, job: Job) -> list[tuple[Job, Queue]]:
@@ -167,7 +167,8 @@ class CrawldexWorker(SimpleWorker):
                     death_penalty_class=self.death_penalty_class,
                 )
             except Exception:
-                # A job that cannot be read stays where RQ's own dequeue will meet (and fail) it.
+                # A job that cannot be read is left in RQ's intermediate queue, as when RQ's own
+                # dequeue meets one, for RQ's clean-up of it; the batch goes on with the jobs taken.
                 log.exception("could not take more jobs for a batch")
                 break
             if more is None:
