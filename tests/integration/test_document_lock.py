@@ -58,6 +58,24 @@ async def test_a_batch_holds_the_lock_of_each_of_its_documents(redis_url: str, c
         await connection.aclose()
 
 
+async def test_a_lock_lost_to_another_writer_is_left_to_it(
+    redis_url: str, clean_redis: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    connection = aioredis.Redis.from_url(redis_url)
+    holder = RedisDocumentLock(connection, lease_seconds=LEASE, wait_seconds=0.1)
+    try:
+        async with holder.hold_many(["kept", "lost"]):
+            # As if the lease had lapsed (a stalled holder) and another writer then took the lock.
+            await connection.set("crawldex:lock:doc:lost", "another-writer")
+            await asyncio.sleep(LEASE)  # a renewal or more: "kept" renewed, "lost" found gone
+            assert await connection.pttl("crawldex:lock:doc:kept") > 0
+        assert "lost the lock of document lost" in caplog.text
+        assert await connection.get("crawldex:lock:doc:lost") == b"another-writer"  # not released by us
+        assert not await connection.exists("crawldex:lock:doc:kept")
+    finally:
+        await connection.aclose()
+
+
 async def test_a_killed_holders_lock_frees_itself_within_a_lease(redis_url: str, clean_redis: object) -> None:
     holder = textwrap.dedent(
         f"""

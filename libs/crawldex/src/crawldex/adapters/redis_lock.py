@@ -3,55 +3,100 @@
 The lock is a lease: it expires ``lease_seconds`` after its last renewal, and its holder renews it from a
 background task while it writes. A worker killed mid-write (SIGKILL, OOM) leaves a lock that frees itself
 within one lease, about when its job is re-run, instead of blocking the document for a whole job timeout.
+
+A batch's locks are taken, renewed and released by one script call each (a round trip, not one per
+document): redis-py's `Lock` is one key per call, and a batch of eight pages would pay sixteen round trips.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.lock import Lock
-from redis.exceptions import LockError, RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
 
 from crawldex.errors import DependencyUnavailableError
 
 log = logging.getLogger(__name__)
 
 RENEWALS_PER_LEASE = 3  # a late renewal or two is not a lost lock
+RETRY_SECONDS = 0.1  # how often a writer waiting for a document's lock tries again
+KEY_PREFIX = "crawldex:lock:doc:"
+
+# Takes KEYS in their order with token ARGV[1] for ARGV[2] ms, stopping at the first held by another
+# writer; returns how many it took. Taking them in order is what keeps two batches from deadlocking.
+_ACQUIRE = """
+for i, key in ipairs(KEYS) do
+  if not redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then return i - 1 end
+end
+return #KEYS
+"""
+# Extends each of KEYS still held with token ARGV[1] to ARGV[2] ms; returns 1 or 0 for each key.
+_RENEW = """
+local held = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+    held[i] = 1
+  else
+    held[i] = 0
+  end
+end
+return held
+"""
+# Deletes each of KEYS still held with token ARGV[1]; a lock that expired may be another writer's now.
+_RELEASE = """
+local released = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('DEL', key)
+    released = released + 1
+  end
+end
+return released
+"""
 
 
 class RedisDocumentLock:
     def __init__(self, connection: aioredis.Redis, *, lease_seconds: float, wait_seconds: float) -> None:
-        self._redis = connection
         self._lease = lease_seconds
+        self._lease_ms = max(1, round(lease_seconds * 1000))
         self._wait = wait_seconds
+        self._acquire = connection.register_script(_ACQUIRE)
+        self._renew_script = connection.register_script(_RENEW)
+        self._release = connection.register_script(_RELEASE)
 
     def hold(self, key: str) -> AbstractAsyncContextManager[None]:
         return self.hold_many([key])
 
     @asynccontextmanager
     async def hold_many(self, keys: Sequence[str]) -> AsyncIterator[None]:
-        """Hold the locks of several documents (a batch of pages), taken one by one in key order, so two
-        writers of overlapping batches never each hold a lock the other waits for; renewed together."""
-        held: list[tuple[Lock, str]] = []
+        """Hold the locks of several documents (a batch of pages), taken in key order, so two writers of
+        overlapping batches never each hold a lock the other waits for; renewed together."""
+        token = uuid.uuid4().hex
+        ordered = [KEY_PREFIX + key for key in sorted(set(keys))]
+        held: list[str] = []
         try:
-            for key in sorted(set(keys)):
-                lock = self._redis.lock(
-                    f"crawldex:lock:doc:{key}", timeout=self._lease, blocking_timeout=self._wait
-                )
-                try:
-                    acquired = await lock.acquire()
-                except RedisError as exc:
-                    raise DependencyUnavailableError("redis", f"document lock: {exc}") from exc
-                if not acquired:
-                    raise DependencyUnavailableError(
-                        "redis", f"document {key} stayed locked for {self._wait}s"
-                    )
-                held.append((lock, key))
-            renewing = asyncio.create_task(self._renew(held))
+            deadline = time.monotonic() + self._wait
+            while len(held) < len(ordered):
+                wanted = ordered[len(held) :]
+                taken = int(await self._call(self._acquire, wanted, token))
+                held.extend(wanted[:taken])
+                if taken < len(wanted):
+                    if time.monotonic() >= deadline:
+                        busy = wanted[taken].removeprefix(KEY_PREFIX)
+                        raise DependencyUnavailableError(
+                            "redis", f"document {busy} stayed locked for {self._wait}s"
+                        )
+                    await asyncio.sleep(min(RETRY_SECONDS, max(0.0, deadline - time.monotonic())))
+            renewing = asyncio.create_task(self._renew(held, token))
             try:
                 yield
             finally:
@@ -59,17 +104,33 @@ class RedisDocumentLock:
                 with suppress(asyncio.CancelledError):
                     await renewing
         finally:
-            # LockError: it expired while held, and the next writer already owns it.
-            await asyncio.gather(*(lock.release() for lock, _ in held), return_exceptions=True)
+            # Every key, not only those known held: an acquire cut short (cancelled) may have taken some.
+            # The token is this hold's own, so a lock another writer holds is never touched.
+            try:
+                await self._call(self._release, ordered, token)
+            except DependencyUnavailableError as exc:
+                # Each lock frees itself within a lease; the write itself is done (or failed on its own).
+                log.warning("could not release the locks of %d documents: %s", len(ordered), exc)
 
-    async def _renew(self, held: list[tuple[Lock, str]]) -> None:
+    async def _call(self, script: AsyncScript, keys: list[str], token: str) -> Any:
+        try:
+            return await script(keys=keys, args=[token, self._lease_ms])
+        except RedisError as exc:
+            raise DependencyUnavailableError("redis", f"document lock: {exc}") from exc
+
+    async def _renew(self, held: list[str], token: str) -> None:
         while held:
             await asyncio.sleep(self._lease / RENEWALS_PER_LEASE)
-            renewed = await asyncio.gather(*(lock.reacquire() for lock, _ in held), return_exceptions=True)
-            for (lock, key), result in zip(list(held), renewed, strict=True):
-                if isinstance(result, (LockError, RedisError)):
+            try:
+                still_held = await self._call(self._renew_script, held, token)
+            except DependencyUnavailableError as exc:
+                log.warning("could not renew the locks of %d documents: %s", len(held), exc)
+                continue  # the next renewal may get through before the lease ends
+            for key, kept in zip(list(held), still_held, strict=True):
+                if not kept:
                     # Writes are idempotent, so finishing is safe; another writer may now overlap this one.
                     log.warning(
-                        "lost the lock of document %s (%s); finishing the write without it", key, result
+                        "lost the lock of document %s; finishing the write without it",
+                        key.removeprefix(KEY_PREFIX),
                     )
-                    held.remove((lock, key))
+                    held.remove(key)
