@@ -66,6 +66,27 @@ async def test_the_collection_file_is_in_wal_mode_and_keeps_every_write(tmp_path
         reopened.close()
 
 
+@pytest.mark.parametrize(
+    "by_filter", [False, True], ids=["ids-from-local-index", "filter-as-sent-to-a-server"]
+)
+async def test_a_batchs_stale_tails_go_in_one_write(tmp_path: Path, by_filter: bool) -> None:
+    store = await _open(tmp_path / "qdrant")
+    docs = [uuid.uuid4() for _ in range(4)]
+    try:
+        for doc in docs:
+            await store.upsert(_points(doc, ["first chunk", "second chunk", "third chunk"]))
+        if by_filter:  # as against a Qdrant server: the filter goes to qdrant-client, which evaluates it
+            store._local, store._local_wanted = None, False
+        # Keep 1, 2, 0 and all 3 chunks of the four documents; one nested filter or one id list.
+        await store.delete_stale_chunks([(docs[0], 1), (docs[1], 2), (docs[2], 0), (docs[3], 3)])
+        kept = [await store.count(doc) for doc in docs]
+        assert kept == [1, 2, 0, 3]
+        await store.delete_stale_chunks([])
+        assert await store.count() == 6
+    finally:
+        store.close()
+
+
 def test_a_storage_file_that_is_not_there_is_left_alone(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -227,8 +227,9 @@ class IndexingPipeline:
             async with timer.stage("upsert"):
                 await self._store.upsert(points)
             async with timer.stage("delete"):
-                for record in records:
-                    await self._store.delete_chunks_from(record.doc_id, record.chunk_count)
+                await self._store.delete_stale_chunks(
+                    [(record.doc_id, record.chunk_count) for record in records]
+                )
             async with timer.stage("record"):
                 await self._documents.save_many(records)
         written = iter(records)

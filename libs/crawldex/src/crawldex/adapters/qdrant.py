@@ -323,19 +323,32 @@ class VectorStore:
 
     async def delete_chunks_from(self, doc_id: uuid.UUID, first_stale_chunk: int) -> None:
         """Delete the document's points whose chunk index is ``first_stale_chunk`` or higher."""
-        conditions = _doc_conditions(doc_id, from_chunk=first_stale_chunk)
+        await self.delete_stale_chunks([(doc_id, first_stale_chunk)])
+
+    async def delete_stale_chunks(self, tails: Sequence[tuple[uuid.UUID, int]]) -> None:
+        """`delete_chunks_from` for several documents (a batch's stale tails) in one write: one request to
+        a Qdrant server, however many documents."""
+        if not tails:
+            return
+        each = [_doc_conditions(doc_id, from_chunk=first) for doc_id, first in tails]
 
         def delete() -> None:
-            ids = self._matching_ids(conditions)
-            if ids is None:
-                selector = models.FilterSelector(filter=_qdrant_filter(conditions))
-                self._client.delete(self.collection, points_selector=selector, wait=True)
-            elif ids:
-                self._client.delete(
-                    self.collection, points_selector=models.PointIdsList(points=ids), wait=True
-                )
+            found = [self._matching_ids(conditions) for conditions in each]
+            if any(ids is None for ids in found):
+                stale = models.Filter(should=[_qdrant_filter(conditions) for conditions in each])
+                selector: models.FilterSelector | models.PointIdsList = models.FilterSelector(filter=stale)
+            else:
+                ids = [point for points in found if points for point in points]
+                if not ids:
+                    return
+                selector = models.PointIdsList(points=ids)
+            self._client.delete(self.collection, points_selector=selector, wait=True)
 
-        await self._write(delete, lambda index: index.delete(conditions))
+        def mirror(index: LocalIndex) -> None:
+            for conditions in each:
+                index.delete(conditions)
+
+        await self._write(delete, mirror)
 
     async def set_document_payload(self, doc_id: uuid.UUID, payload: dict[str, Any]) -> None:
         conditions = _doc_conditions(doc_id)
