@@ -25,6 +25,7 @@ from crawldex.config import Settings
 from crawldex.models import PageDocument
 
 NOOP_QUEUE = "bench-noop"
+CRAWL_ID = "crawl-jobs-bench"
 
 
 def noop() -> None:
@@ -60,6 +61,7 @@ def _index_rate(jobs: int, batch_pages: int) -> tuple[float, int]:
                 PageDocument(
                     url=f"https://jobs.bench/page/{i}",
                     markdown=f"# Page {i}\n\nA short page number {i} about queues and workers.",
+                    crawl_id=CRAWL_ID,  # as Firecrawl's pages come: each job records its page's end
                 )
             )
         progress(

@@ -34,6 +34,7 @@ from crawldex.models import PageDocument
 
 ROUNDS = 8
 PAGES_A_ROUND = 15  # per batch size
+CRAWL_ID = "crawl-throughput-bench"
 
 
 class _Tally:
@@ -78,7 +79,8 @@ def _round(
         runtime.run(model.embed_documents([chunk for page in pages[first : first + size] for chunk in page]))
     tally.embed_seconds += time.perf_counter() - started
     jobs = [
-        runtime.index.queue.enqueue_index(PageDocument(url=doc_url(did), markdown=text))
+        # With a crawl id, as Firecrawl's pages come: each job also records its page's end for the crawl.
+        runtime.index.queue.enqueue_index(PageDocument(url=doc_url(did), markdown=text, crawl_id=CRAWL_ID))
         for did, text in zip(docs, texts, strict=True)
     ]
     tally.worker_seconds += work_index_queue(settings)

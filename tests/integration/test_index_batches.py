@@ -16,7 +16,8 @@ from rq.serializers import JSONSerializer
 from crawldex.adapters.embedder import Embedder, EmbedderInfo, Vector
 from crawldex.adapters.local_model import LocalModelEmbedder
 from crawldex.config import QUEUE_INDEXING, Settings
-from crawldex.errors import EmbedderError
+from crawldex.db.crawls import CrawlRepository
+from crawldex.errors import DependencyUnavailableError, EmbedderError
 from crawldex.jobs import JobLoop, WorkerRuntime, install_runtime
 from crawldex.models import PageDocument, utc_now
 from crawldex.services import Services
@@ -50,6 +51,22 @@ class RefusingEmbedder:
 
     async def aclose(self) -> None:
         return None
+
+
+class WatchedCrawls(CrawlRepository):
+    """The real repository, counting the deliveries of each write; with ``refuse_batches``, a write of
+    several fails as PostgreSQL going away for a moment would fail it."""
+
+    def __init__(self, *args: Any, refuse_batches: bool = False) -> None:
+        super().__init__(*args)
+        self.writes: list[int] = []
+        self.refuse_batches = refuse_batches
+
+    async def record_deliveries(self, deliveries: Any, **kwargs: Any) -> None:
+        self.writes.append(len(deliveries))
+        if self.refuse_batches and len(deliveries) > 1:
+            raise DependencyUnavailableError("postgresql", "connection reset by peer")
+        await super().record_deliveries(deliveries, **kwargs)
 
 
 def page(number: int, text: str = "", **fields: Any) -> PageDocument:
@@ -188,3 +205,23 @@ def test_a_batch_that_fails_is_indexed_again_one_job_at_a_time(
     finally:
         install_runtime(None)
         runtime.close()
+
+
+@pytest.mark.parametrize("refuse_batches", [False, True], ids=["one-write", "each-job-on-its-own"])
+def test_a_batch_records_its_crawl_pages_in_one_write(
+    runtime: WorkerRuntime, clean_redis: redis.Redis, refuse_batches: bool
+) -> None:
+    crawls = WatchedCrawls(runtime.index.database, refuse_batches=refuse_batches)
+    runtime.index.crawls = crawls
+    queue = runtime.index.queue
+    jobs = [queue.enqueue_index(page(number, crawl_id="crawl-batch")) for number in range(3)]
+    jobs.append(queue.enqueue_index(page(3)))  # of no crawl: nothing to record
+
+    work(clean_redis, batch_pages=8)
+
+    assert [result_of(clean_redis, job.job_id)["batch_pages"] for job in jobs] == [4] * 4
+    # Refused, the batch's write is done again by each job, for its own page.
+    assert crawls.writes == ([3, 1, 1, 1] if refuse_batches else [3])
+    summary = runtime.run(crawls.summary("crawl-batch"))
+    assert summary is not None
+    assert (summary.pages_indexed, summary.pages_pending, summary.pages_failed) == (3, 0, 0)

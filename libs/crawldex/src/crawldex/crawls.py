@@ -52,6 +52,7 @@ __all__ = [
     "crawl_kind",
     "reconcile",
     "record_index_end",
+    "record_index_ends",
     "record_received",
     "request_reconciliation",
     "run_reconciliation",
@@ -160,10 +161,21 @@ async def record_index_end(
     crawls: CrawlRepository, page: PageDocument, job_id: str, *, failed: bool, error: str | None = None
 ) -> None:
     """The index job of a crawl's page ended: indexed (or unchanged, empty, superseded), or failed for good."""
-    if not page.crawl_id:
-        return
+    await record_index_ends(crawls, [(page, job_id)], failed=failed, error=error)
+
+
+async def record_index_ends(
+    crawls: CrawlRepository,
+    ended: Sequence[tuple[PageDocument, str]],
+    *,
+    failed: bool,
+    error: str | None = None,
+) -> None:
+    """`record_index_end` for the jobs of a batch, in one transaction; pages of no crawl are left out."""
     state = CrawlPageState.FAILED if failed else CrawlPageState.INDEXED
-    await crawls.record_pages(page.crawl_id, [_delivery(page, job_id)], state=state, error=error)
+    deliveries = [(page.crawl_id, [_delivery(page, job_id)]) for page, job_id in ended if page.crawl_id]
+    if deliveries:
+        await crawls.record_deliveries(deliveries, state=state, error=error)
 
 
 def schedule_on_completion(

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -26,7 +27,13 @@ from crawldex.adapters.fetching import FetchError
 from crawldex.adapters.firecrawl import CrawlResultsError
 from crawldex.adapters.queue import change_delivery_id, index_job_id, removal_job_id
 from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE
-from crawldex.crawls import ReconciliationUnavailableError, crawl_kind, reconcile, record_index_end
+from crawldex.crawls import (
+    ReconciliationUnavailableError,
+    crawl_kind,
+    reconcile,
+    record_index_end,
+    record_index_ends,
+)
 from crawldex.db.change_events import ChangeEventRepository
 from crawldex.db.tables import ChangeEventStatus
 from crawldex.logs import log_context
@@ -161,12 +168,24 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:4000]
 
 
+@dataclass(frozen=True)
+class _Batched:
+    """A batched job's share of its batch: its page's outcome, when the batch started (the job's duration
+    counts from there: it waited for its batch), and whether its crawl's page was recorded with the batch."""
+
+    outcome: IndexOutcome
+    started: float
+    crawl_recorded: bool
+
+
 def index_together(jobs: Sequence[Job]) -> None:
-    """Index the pages of several queued index jobs as one batch (`IndexingPipeline.index_many`); each job,
-    when RQ performs it, then takes its page's outcome instead of indexing the page itself.
+    """Index the pages of several queued index jobs as one batch (`IndexingPipeline.index_many`), and record
+    the crawls' pages as indexed in one write; each job, when RQ performs it, then takes its page's outcome
+    instead of indexing the page itself.
 
     Should the batch fail, nothing is kept: each job indexes its page on its own, so an error is the
-    job's own and RQ retries only the jobs that fail alone.
+    job's own and RQ retries only the jobs that fail alone. Should only the crawl record fail, each job
+    records its own page, as an unbatched job does.
     """
     runtime = current_runtime()
     services = runtime.index
@@ -182,6 +201,21 @@ def index_together(jobs: Sequence[Job]) -> None:
     carriers = [job.meta.get(TRACE_META_KEY) for job in jobs]
     traced = [span_context_of(carrier) for carrier in carriers if isinstance(carrier, dict)]
     links = [Link(span_context) for span_context in traced if span_context is not None]
+
+    async def index_batch() -> tuple[list[IndexOutcome], bool]:
+        outcomes = await services.pipeline.index_many(list(pages.values()))
+        try:
+            await record_index_ends(
+                services.crawls, [(page, job_id) for job_id, page in pages.items()], failed=False
+            )
+        except Exception as exc:
+            # Each job then records its own page, and fails (and is retried) on its own if it cannot.
+            log.warning(
+                "could not record a batch's crawl pages (%s); each job records its own", _error_text(exc)
+            )
+            return outcomes, False
+        return outcomes, True
+
     with (
         tracer().start_as_current_span(
             "index batch", links=links, attributes={"crawldex.batch_pages": len(pages)}
@@ -189,16 +223,17 @@ def index_together(jobs: Sequence[Job]) -> None:
         log_context(job_ids=",".join(pages)),
     ):
         try:
-            outcomes = runtime.run(
-                services.pipeline.index_many(list(pages.values())),
-                timeout=services.settings.index_job_timeout_seconds,
+            outcomes, recorded = runtime.run(
+                index_batch(), timeout=services.settings.index_job_timeout_seconds
             )
         except Exception as exc:
             log.warning(
                 "a batch of %d pages failed (%s); each is indexed on its own", len(pages), _error_text(exc)
             )
             return
-    _local.indexed = {job_id: (outcome, started) for job_id, outcome in zip(pages, outcomes, strict=True)}
+    _local.indexed = {
+        job_id: _Batched(outcome, started, recorded) for job_id, outcome in zip(pages, outcomes, strict=True)
+    }
 
 
 def forget_batch() -> None:
@@ -206,11 +241,10 @@ def forget_batch() -> None:
     _local.indexed = {}
 
 
-def _indexed_in_batch(job_id: str | None) -> tuple[IndexOutcome, float] | tuple[None, None]:
-    """The outcome of the job's page in this worker's batch, and when the batch started (the job's
-    duration counts from there: it waited for its batch); (None, None) if the job was not batched."""
-    indexed: dict[str, tuple[IndexOutcome, float]] = getattr(_local, "indexed", {})
-    return indexed.pop(job_id, (None, None)) if job_id is not None else (None, None)
+def _indexed_in_batch(job_id: str | None) -> _Batched | None:
+    """The job's share of this worker's batch; None if the job was not batched."""
+    indexed: dict[str, _Batched] = getattr(_local, "indexed", {})
+    return indexed.pop(job_id, None) if job_id is not None else None
 
 
 def index_page(page: dict[str, Any], change_event_id: int | None = None) -> dict[str, Any]:
@@ -220,11 +254,11 @@ def index_page(page: dict[str, Any], change_event_id: int | None = None) -> dict
     document = PageDocument.model_validate(page)
     current = get_current_job()
     job_id = current.id if current is not None else None
-    indexed, batch_started = _indexed_in_batch(job_id)
+    batched = _indexed_in_batch(job_id)
 
     async def index() -> IndexOutcome:
-        outcome = indexed if indexed is not None else await services.pipeline.index(document)
-        if document.crawl_id and job_id:
+        outcome = batched.outcome if batched is not None else await services.pipeline.index(document)
+        if document.crawl_id and job_id and not (batched is not None and batched.crawl_recorded):
             await record_index_end(services.crawls, document, job_id, failed=False)
         if change_event_id is not None:
             # Superseded: newer content was indexed meanwhile, so this change brought nothing new.
@@ -240,7 +274,7 @@ def index_page(page: dict[str, Any], change_event_id: int | None = None) -> dict
         services.operations,
         document.url,
         document.crawl_id,
-        started=batch_started,
+        started=batched.started if batched is not None else None,
     ):
         try:
             outcome = runtime.run(index(), timeout=settings.index_job_timeout_seconds)
