@@ -152,7 +152,12 @@ def _ensure_wrk() -> None:
     if shutil.which("wrk"):
         return
     progress("ingest: installing wrk with apt-get")
-    subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, capture_output=True)  # noqa: S607
+    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]
+    install = [*apt, "install", "-y", "--no-install-recommends", "wrk"]
+    if subprocess.run(install, check=False, capture_output=True).returncode != 0:  # noqa: S603
+        # A fresh machine may have no package lists yet.
+        subprocess.run([*apt, "update"], check=True, capture_output=True)  # noqa: S603
+        subprocess.run(install, check=True, capture_output=True)  # noqa: S603
     if not shutil.which("wrk"):
         raise RuntimeError("wrk is not installed (apt-get install -y wrk)")
 
