@@ -65,25 +65,36 @@ def _round(
     data: SciFact,
     docs: Sequence[str],
     tally: _Tally,
+    *,
+    worker_first: bool,
 ) -> None:
     """The embedder alone on the pages' chunks, one call per batch of pages as the worker forms them
-    from a full queue, then the same pages queued and indexed by the worker."""
+    from a full queue, and the same pages queued and indexed by the worker; ``worker_first`` runs the
+    worker before the embedder alone instead of after it."""
     texts = [data.corpus[did] for did in docs]
     chunker = runtime.index.chunker
     pages = [[c.text for c in chunker.chunk(clean_markdown(text))] for text in texts]
     tally.chunks += sum(len(page) for page in pages)
     tally.pages += len(docs)
     size = settings.index_batch_pages
-    started = time.perf_counter()
-    for first in range(0, len(pages), size):
-        runtime.run(model.embed_documents([chunk for page in pages[first : first + size] for chunk in page]))
-    tally.embed_seconds += time.perf_counter() - started
+
+    def embed_alone() -> None:
+        started = time.perf_counter()
+        for first in range(0, len(pages), size):
+            batch = [chunk for page in pages[first : first + size] for chunk in page]
+            runtime.run(model.embed_documents(batch))
+        tally.embed_seconds += time.perf_counter() - started
+
+    if not worker_first:
+        embed_alone()
     jobs = [
         # With a crawl id, as Firecrawl's pages come: each job also records its page's end for the crawl.
         runtime.index.queue.enqueue_index(PageDocument(url=doc_url(did), markdown=text, crawl_id=CRAWL_ID))
         for did, text in zip(docs, texts, strict=True)
     ]
     tally.worker_seconds += work_index_queue(settings)
+    if worker_first:
+        embed_alone()
     connection = runtime.index.queue.connection
     for enqueued in jobs:
         result = Job.fetch(enqueued.job_id, connection=connection, serializer=JSONSerializer).return_value()
@@ -117,15 +128,16 @@ def run(quick: bool = False) -> Report:
             runtime.run(
                 runtime.index.pipeline.index(PageDocument(url=doc_url(warmup), markdown=data.corpus[warmup]))
             )
-        # Short rounds, each timing the embedder alone and then the worker on the round's own pages (a page
-        # indexed twice would be skipped as unchanged), batch sizes taking turns, so that drift in the
-        # machine's speed (a shared hypervisor's) hits every figure alike.
+        # Short rounds, each timing the embedder alone and the worker on the round's own pages (a page
+        # indexed twice would be skipped as unchanged), batch sizes taking turns and every other round the
+        # worker first, so that drift in the machine's speed (a shared hypervisor's), and whatever favours
+        # going first or second, hits every figure alike.
         for number in range(rounds):
             progress(f"throughput: round {number + 1} of {rounds}, {count} pages a batch size")
             for size, (runtime, settings) in runtimes.items():
                 docs, rest = rest[:count], rest[count:]
                 install_runtime(runtime)
-                _round(runtime, settings, model, data, docs, tallies[size])
+                _round(runtime, settings, model, data, docs, tallies[size], worker_first=number % 2 == 1)
     main = tallies[batch_pages]
     report.rows.append(
         Row(
@@ -143,7 +155,7 @@ def run(quick: bool = False) -> Report:
         f"Index throughput: {main.pages} SciFact abstracts ({main.chunks} chunks of up to 250 tokens) queued and "
         f"indexed by crawldex's index-worker in this process, taking up to {batch_pages} queued jobs at a time, "
         f"against the embedder alone on the same chunks in the same calls (one per {batch_pages} pages), in "
-        f"{rounds} rounds of {count} pages; CPU model batch {Settings().model_batch_size}, PostgreSQL, embedded Qdrant, Redis lock. "
+        f"{rounds} rounds of {count} pages (the worker first in every other round); CPU model batch {Settings().model_batch_size}, PostgreSQL, embedded Qdrant, Redis lock. "
         f"Pipeline time by stage ({total / 1000:.1f} s in the jobs' results, {main.worker_seconds:.1f} s in the "
         "worker): "
         + ", ".join(f"{s} {ms / total:.1%}" for s, ms in sorted(main.stages.items(), key=lambda kv: -kv[1]))

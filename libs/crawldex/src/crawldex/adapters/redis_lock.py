@@ -106,11 +106,15 @@ class RedisDocumentLock:
         finally:
             # Every key, not only those known held: an acquire cut short (cancelled) may have taken some.
             # The token is this hold's own, so a lock another writer holds is never touched.
-            try:
-                await self._call(self._release, ordered, token)
-            except DependencyUnavailableError as exc:
-                # Each lock frees itself within a lease; the write itself is done (or failed on its own).
-                log.warning("could not release the locks of %d documents: %s", len(ordered), exc)
+            if ordered:
+                await self._release_all(ordered, token)
+
+    async def _release_all(self, keys: list[str], token: str) -> None:
+        try:
+            await self._call(self._release, keys, token)
+        except DependencyUnavailableError as exc:
+            # Each lock frees itself within a lease; the write itself is done (or failed on its own).
+            log.warning("could not release the locks of %d documents: %s", len(keys), exc)
 
     async def _call(self, script: AsyncScript, keys: list[str], token: str) -> Any:
         try:
