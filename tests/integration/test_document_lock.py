@@ -58,6 +58,45 @@ async def test_a_batch_holds_the_lock_of_each_of_its_documents(redis_url: str, c
         await connection.aclose()
 
 
+async def test_a_batch_waits_at_a_busy_lock_holding_those_before_it(
+    redis_url: str, clean_redis: object
+) -> None:
+    connection = aioredis.Redis.from_url(redis_url)
+    batch = RedisDocumentLock(connection, lease_seconds=LEASE * 4, wait_seconds=5)
+    other = RedisDocumentLock(connection, lease_seconds=LEASE * 4, wait_seconds=0.1)
+    held_by_other = asyncio.Event()
+    let_go = asyncio.Event()
+
+    async def hold_b() -> None:
+        async with other.hold("b"):
+            held_by_other.set()
+            await let_go.wait()
+
+    holder = asyncio.create_task(hold_b())
+    try:
+        await held_by_other.wait()
+        waiting = asyncio.create_task(_enter_and_leave(batch, ["c", "b", "a"]))
+        await asyncio.sleep(0.3)
+        # Taken in key order: "a" is held while the batch waits for "b"; "c", after it, is not taken yet.
+        assert not waiting.done()
+        assert await connection.exists("crawldex:lock:doc:a")
+        assert not await connection.exists("crawldex:lock:doc:c")
+        let_go.set()
+        await asyncio.wait_for(waiting, timeout=5)
+        assert not await connection.exists(
+            "crawldex:lock:doc:a", "crawldex:lock:doc:b", "crawldex:lock:doc:c"
+        )
+    finally:
+        let_go.set()
+        await holder
+        await connection.aclose()
+
+
+async def _enter_and_leave(lock: RedisDocumentLock, keys: list[str]) -> None:
+    async with lock.hold_many(keys):
+        pass
+
+
 async def test_a_lock_lost_to_another_writer_is_left_to_it(
     redis_url: str, clean_redis: object, caplog: pytest.LogCaptureFixture
 ) -> None:
