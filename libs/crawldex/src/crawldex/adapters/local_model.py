@@ -28,6 +28,7 @@ from tokenizers import Encoding, Tokenizer
 from crawldex.adapters.embedder import EmbedderInfo, Vector
 from crawldex.chunking import bundled_model_dir
 from crawldex.errors import ConfigurationError, EmbedderError
+from crawldex.heap import HeapTrimmer
 from crawldex.telemetry.metrics import EMBED_BATCH_SIZE, EMBED_DURATION
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ class LocalModelEmbedder:
         # One forward pass at a time: torch already spreads a batch over every core, and parallel
         # passes from the API thread and a consumer thread would only fight over them.
         self._lock = threading.Lock()
+        self._heap = HeapTrimmer()
 
     @classmethod
     def load(
@@ -150,6 +152,7 @@ class LocalModelEmbedder:
             EMBED_DURATION.labels("local", purpose).observe(time.perf_counter() - started)
             for i, row in zip(batch, rows, strict=True):
                 vectors[i] = row.tolist()
+        self._heap.after_burst()
         return vectors
 
     def _forward(self, encodings: list[Encoding]) -> np.ndarray[Any, np.dtype[np.float32]]:
