@@ -1,5 +1,5 @@
-"""The embedded store's SQLite file: switched to write-ahead logging, and every write still there after a
-reopen (real qdrant-client local mode)."""
+"""The embedded store's SQLite file: switched to write-ahead logging, one commit a write, and every write
+still there after a reopen (real qdrant-client local mode)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from crawldex.adapters.qdrant import IndexedPoint, PointFilter, VectorStore, _use_write_ahead_log
+from crawldex.adapters.qdrant import (
+    IndexedPoint,
+    PointFilter,
+    VectorStore,
+    _persistence,
+    _use_write_ahead_log,
+)
+from crawldex.errors import DependencyUnavailableError
 from crawldex.keyword import BM25Encoder
 
 DIMENSION = 4
@@ -85,6 +92,57 @@ async def test_a_batchs_stale_tails_go_in_one_write(tmp_path: Path, by_filter: b
         assert await store.count() == 6
     finally:
         store.close()
+
+
+def _stored_rows(storage: Path) -> int:
+    """Points committed to the file, as another connection (another process) sees them."""
+    with closing(sqlite3.connect(storage)) as connection:
+        return int(connection.execute("SELECT count(*) FROM points").fetchone()[0])
+
+
+async def test_a_write_of_many_points_commits_once(tmp_path: Path) -> None:
+    store = await _open(tmp_path / "qdrant")
+    storage = tmp_path / "qdrant" / "collection" / "pages" / "storage.sqlite"
+    persistence = _persistence(store._client, "pages")
+    assert persistence is not None
+    statements: list[str] = []
+    persistence.storage.set_trace_callback(statements.append)
+    doc = uuid.uuid4()
+    try:
+        await store.upsert(_points(doc, [f"chunk {n} about queues" for n in range(8)]))
+        await store.delete_chunks_from(doc, 3)
+        commits = [s for s in statements if s.strip().upper() == "COMMIT"]
+        inserts = [s for s in statements if s.startswith("INSERT")]
+        assert (len(inserts), len(commits)) == (8, 2)  # the upsert's 8 points, then the delete's 5 points
+        assert _stored_rows(storage) == 3
+    finally:
+        store.close()
+
+
+async def test_a_write_that_sqlite_refuses_leaves_no_transaction_open(tmp_path: Path) -> None:
+    store = await _open(tmp_path / "qdrant")
+    storage = tmp_path / "qdrant" / "collection" / "pages" / "storage.sqlite"
+    persistence = _persistence(store._client, "pages")
+    assert persistence is not None
+    connection = persistence.storage
+    try:
+        await store.upsert(_points(uuid.uuid4(), ["kept before"]))
+        connection.execute("PRAGMA query_only = ON")  # every write now fails inside SQLite
+        with pytest.raises(DependencyUnavailableError, match="readonly"):
+            await store.upsert(_points(uuid.uuid4(), ["refused one", "refused two"]))
+        assert persistence.storage is connection
+        assert not connection.in_transaction
+        connection.execute("PRAGMA query_only = OFF")
+        await store.upsert(_points(uuid.uuid4(), ["written after", "and its second chunk"]))
+        assert await store.count() == 3
+        assert _stored_rows(storage) == 3
+    finally:
+        store.close()
+    reopened = await _open(tmp_path / "qdrant")
+    try:
+        assert await reopened.count() == 3
+    finally:
+        reopened.close()
 
 
 def test_a_storage_file_that_is_not_there_is_left_alone(

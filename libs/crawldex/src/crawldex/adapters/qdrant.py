@@ -17,6 +17,12 @@ default rollback-journal mode each commit costs several fsyncs (the journal, the
 journal's removal), with WAL one; SQLite's default synchronous=FULL keeps every commit durable. An
 upsert takes half the time (docs/benchmarks.md). Copy the collection directory whole, with its
 ``-wal`` file, or stop the process first.
+
+A write of many points (a batch's upsert, its stale tails) still commits once a point there, each commit
+an fsync. While this store writes, qdrant-client's per-point transactions join one, committed when the
+write ends (`_OneTransaction`): one fsync a write. qdrant-client validates a whole request before it stores
+any point, and stores each point before applying it in memory, so a write that fails part-way keeps (commits)
+the points it applied, as qdrant-client's own per-point commits would.
 """
 
 from __future__ import annotations
@@ -26,14 +32,14 @@ import logging
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, closing, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from qdrant_client import QdrantClient, models
-from qdrant_client.local.persistence import STORAGE_FILE_NAME
+from qdrant_client.local.persistence import STORAGE_FILE_NAME, CollectionPersistence
 
 from crawldex.adapters.local_index import AtLeast, Condition, LocalIndex, LocalPoint, Match
 from crawldex.errors import ConfigurationError, DependencyUnavailableError
@@ -289,7 +295,8 @@ class VectorStore:
 
         def run() -> None:
             try:
-                write()
+                with self._one_transaction():
+                    write()
                 if self._local is not None:
                     mirror(self._local)
             except BaseException:
@@ -298,6 +305,26 @@ class VectorStore:
                 raise
 
         await self._call(run)
+
+    @contextmanager
+    def _one_transaction(self) -> Iterator[None]:
+        """The local mode's per-point commits made one, at the end (see the module doc; the caller holds
+        the lock). Against a server, or if qdrant-client keeps its SQLite file elsewhere, nothing changes."""
+        persistence = _persistence(self._client, self.collection) if self.is_local else None
+        if persistence is None:
+            yield
+            return
+        connection = persistence.storage
+        persistence.storage = _OneTransaction(connection)  # type: ignore[assignment]  # duck-typed stand-in
+        try:
+            yield
+        finally:
+            persistence.storage = connection
+            try:
+                connection.commit()  # on failure too: the points applied in memory are kept on disk
+            except sqlite3.Error:
+                connection.rollback()
+                raise
 
     async def upsert(self, points: Sequence[IndexedPoint]) -> None:
         if not points:
@@ -490,6 +517,39 @@ class VectorStore:
             self._local = None
             self._local_wanted = False
             self._client.close()
+
+
+class _OneTransaction:
+    """Stands in for a collection's SQLite connection while one write runs: qdrant-client's
+    ``with connection:`` around each point's statements commits nothing, so they join the transaction the
+    store commits when the write ends (`VectorStore._one_transaction`). Anything else goes to the
+    connection."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def __enter__(self) -> sqlite3.Connection:
+        return self._connection
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None  # an error propagates; the store still commits what went before it
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
+
+
+def _persistence(client: QdrantClient, collection: str) -> CollectionPersistence | None:
+    """The SQLite persistence of a local-mode collection, where qdrant-client keeps it; None if it does not
+    (another version's layout, an in-memory collection): the store then works as it is."""
+    local = getattr(client, "_client", None)
+    collections = getattr(local, "collections", None)
+    found = collections.get(collection) if isinstance(collections, dict) else None
+    persistence = getattr(found, "storage", None)
+    if isinstance(persistence, CollectionPersistence) and isinstance(
+        getattr(persistence, "storage", None), sqlite3.Connection
+    ):
+        return persistence
+    return None
 
 
 def _use_write_ahead_log(storage: Path) -> None:
