@@ -18,11 +18,12 @@ from benchmarks.common import (
     flush_redis,
     progress,
     temp_dir,
-    work_index_queue,
     worker_runtime,
 )
-from crawldex.config import Settings
+from crawldex.adapters.queue import JobQueue
+from crawldex.config import QUEUE_INDEXING, Settings
 from crawldex.models import PageDocument
+from crawldex.worker import CrawldexWorker, worker_name
 
 NOOP_QUEUE = "bench-noop"
 CRAWL_ID = "crawl-jobs-bench"
@@ -33,59 +34,76 @@ def noop() -> None:
     return
 
 
-def _noop_rate(connection: redis.Redis, jobs: int) -> float:
-    queue = Queue(NOOP_QUEUE, connection=connection, serializer=JSONSerializer)
-    for _ in range(jobs):
-        queue.enqueue(noop, result_ttl=3600)
-    worker = SimpleWorker([queue], connection=connection, serializer=JSONSerializer)
-    started = time.perf_counter()
-    worker.work(burst=True, logging_level="WARNING")
-    seconds = time.perf_counter() - started
-    finished = queue.finished_job_registry.count
-    if finished != jobs:
-        raise RuntimeError(f"no-op: {finished} of {jobs} jobs finished")
-    return jobs / seconds
+CHUNK_JOBS = 80  # jobs a side runs before the other side runs as many
+CHUNKS = 10  # timed chunks a side (after one, untimed, that warms each worker up)
 
 
-def _index_rate(jobs: int, batch_pages: int) -> tuple[float, int]:
-    """Index jobs a second through crawldex's worker taking up to ``batch_pages`` jobs at a time, and the
-    points written."""
+def _enqueue_pages(queue: JobQueue, first: int, count: int) -> None:
+    for i in range(first, first + count):
+        queue.enqueue_index(
+            PageDocument(
+                url=f"https://jobs.bench/page/{i}",
+                markdown=f"# Page {i}\n\nA short page number {i} about queues and workers.",
+                crawl_id=CRAWL_ID,  # as Firecrawl's pages come: each job records its page's end
+            )
+        )
+
+
+def _side_by_side(chunks: int, batch_pages: int) -> tuple[float, float, int]:
+    """Index jobs a second through crawldex's worker (taking up to ``batch_pages`` jobs at a time) and
+    no-op jobs a second through RQ's SimpleWorker, the two taking turns by chunks of ``CHUNK_JOBS`` jobs in
+    one process, so both meet the same machine; and the points written. Each worker's first chunk (its
+    connections, caches, compiled statements) is not timed: this is a long-running worker's rate."""
     flush_redis()
+    connection = redis.Redis.from_url(REDIS_URL)
     with (
         temp_dir("jobs") as tmp,
-        worker_runtime(Path(tmp), NullEmbedder(), index_batch_pages=batch_pages) as (runtime, settings),
+        worker_runtime(Path(tmp), NullEmbedder(), index_batch_pages=batch_pages) as (runtime, _),
     ):
-        services = runtime.index
-        for i in range(jobs):
-            services.queue.enqueue_index(
-                PageDocument(
-                    url=f"https://jobs.bench/page/{i}",
-                    markdown=f"# Page {i}\n\nA short page number {i} about queues and workers.",
-                    crawl_id=CRAWL_ID,  # as Firecrawl's pages come: each job records its page's end
-                )
-            )
-        progress(
-            f"jobs: {jobs} index jobs (null embedder) through crawldex's worker, {batch_pages} at a time"
+        noop_queue = Queue(NOOP_QUEUE, connection=connection, serializer=JSONSerializer)
+        noop_worker = SimpleWorker([noop_queue], connection=connection, serializer=JSONSerializer)
+        index_queue = Queue(QUEUE_INDEXING, connection=connection, serializer=JSONSerializer)
+        index_worker = CrawldexWorker(
+            [index_queue], connection=connection, name=worker_name("bench"), index_batch_pages=batch_pages
         )
-        seconds = work_index_queue(settings)
-        return jobs / seconds, runtime.run(services.store.count())
+        seconds = {"noop": 0.0, "index": 0.0}
+        for chunk in range(chunks + 1):
+            # Each side first in every other chunk: the machine's speed drifts over seconds.
+            for side in ("noop", "index") if chunk % 2 == 0 else ("index", "noop"):
+                if side == "noop":
+                    for _ in range(CHUNK_JOBS):
+                        noop_queue.enqueue(noop, result_ttl=3600)
+                else:
+                    _enqueue_pages(runtime.index.queue, chunk * CHUNK_JOBS, CHUNK_JOBS)
+                worker = noop_worker if side == "noop" else index_worker
+                started = time.perf_counter()
+                worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
+                if chunk:
+                    seconds[side] += time.perf_counter() - started
+        expected = (chunks + 1) * CHUNK_JOBS
+        for name, queue in (("no-op", noop_queue), ("index", index_queue)):
+            if queue.finished_job_registry.count != expected:
+                failed = queue.failed_job_registry.count
+                raise RuntimeError(
+                    f"{name} jobs: {queue.finished_job_registry.count} finished, {failed} failed"
+                )
+        points = runtime.run(runtime.index.store.count())
+    connection.close()
+    timed = chunks * CHUNK_JOBS
+    return timed / seconds["index"], timed / seconds["noop"], points
 
 
 def run(quick: bool = False) -> Report:
     report = Report("jobs")
-    jobs = 150 if quick else 400
-    flush_redis()
-    connection = redis.Redis.from_url(REDIS_URL)
-    progress(f"jobs: {jobs} no-op jobs through SimpleWorker")
-    noop_rates = [_noop_rate(connection, jobs)]
+    chunks = 3 if quick else CHUNKS
     batch_pages = Settings().index_batch_pages
-    rate, points = _index_rate(jobs, batch_pages)
-    one_at_a_time, _ = _index_rate(jobs, 1)
-    progress("jobs: no-op jobs again")
-    flush_redis()
-    noop_rates.append(_noop_rate(connection, jobs))
-    connection.close()
-    noop_rate = sum(noop_rates) / len(noop_rates)
+    progress(
+        f"jobs: {chunks} x {CHUNK_JOBS} index jobs (null embedder, {batch_pages} at a time) and as many "
+        "no-op jobs, taking turns"
+    )
+    rate, noop_rate, points = _side_by_side(chunks, batch_pages)
+    progress("jobs: the same, index jobs one at a time")
+    one_at_a_time, noop_then, _ = _side_by_side(max(2, chunks // 3), 1)
     per_job_ms = 1000 / rate
     noop_ms = 1000 / noop_rate
     report.rows.append(
@@ -100,11 +118,13 @@ def run(quick: bool = False) -> Report:
         )
     )
     report.notes.append(
-        f"Per-job overhead: {jobs} one-chunk pages queued with JobQueue.enqueue_index, run by CrawldexWorker "
-        f"(an RQ SimpleWorker taking up to {batch_pages} queued index jobs at a time) in burst mode in this "
-        f"process, {points} points written (one job at a time, as before batches: {one_at_a_time:.1f} jobs/s, "
-        f"{1000 / one_at_a_time:.1f} ms a job, in the same run); the no-op rate is the "
-        f"mean of runs before and after ({', '.join(f'{r:.0f}' for r in noop_rates)} jobs/s), same Redis, "
-        "JSONSerializer, SimpleWorker."
+        f"Per-job overhead: one-chunk pages queued with JobQueue.enqueue_index, run by CrawldexWorker (an RQ "
+        f"SimpleWorker taking up to {batch_pages} queued index jobs at a time) in burst mode, against RQ's "
+        "SimpleWorker running no-op jobs (same Redis, JSONSerializer). The two workers live in one process "
+        f"and take turns by chunks of {CHUNK_JOBS} jobs ({chunks} timed chunks each, each side first in every "
+        "other chunk, after one untimed chunk each: a long-running worker's rate, not its start), so both "
+        f"meet the same machine; {points} points written. One job at a time, as before batches, in the same "
+        f"run: {one_at_a_time:.1f} jobs/s, {1000 / one_at_a_time:.1f} ms a job ({one_at_a_time / noop_then:.1%} "
+        "of the no-op rate beside it)."
     )
     return report
