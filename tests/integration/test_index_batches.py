@@ -15,6 +15,7 @@ from rq.serializers import JSONSerializer
 
 from crawldex.adapters.embedder import Embedder, EmbedderInfo, Vector
 from crawldex.adapters.local_model import LocalModelEmbedder
+from crawldex.adapters.queue import REMOVE_JOB, JobQueue
 from crawldex.config import QUEUE_INDEXING, Settings
 from crawldex.db.crawls import CrawlRepository
 from crawldex.errors import DependencyUnavailableError, EmbedderError
@@ -225,3 +226,98 @@ def test_a_batch_records_its_crawl_pages_in_one_write(
     summary = runtime.run(crawls.summary("crawl-batch"))
     assert summary is not None
     assert (summary.pages_indexed, summary.pages_pending, summary.pages_failed) == (3, 0, 0)
+
+
+def _taking_worker(connection: redis.Redis, *queues: Queue) -> CrawldexWorker:
+    return CrawldexWorker(
+        list(queues), connection=connection, name=worker_name("take-test"), index_batch_pages=8
+    )
+
+
+def _first_job(connection: redis.Redis, queue: Queue) -> Job:
+    """The job a worker's own dequeue would start the batch with."""
+    dequeued = Queue.dequeue_any([queue], None, connection=connection, serializer=JSONSerializer)
+    assert dequeued is not None
+    return dequeued[0]
+
+
+def _queued_pages(redis_url: str, connection: redis.Redis, numbers: Sequence[int]) -> list[str]:
+    queue = JobQueue(connection, Settings(redis_url=redis_url))
+    return [queue.enqueue_index(page(number)).job_id for number in numbers]
+
+
+def test_no_jobs_are_taken_for_a_batch_while_a_queue_served_first_has_some(
+    clean_redis: redis.Redis, redis_url: str
+) -> None:
+    ids = _queued_pages(redis_url, clean_redis, range(3))
+    served_first = Queue("served-first", connection=clean_redis, serializer=JSONSerializer)
+    indexing = Queue(QUEUE_INDEXING, connection=clean_redis, serializer=JSONSerializer)
+    worker = _taking_worker(clean_redis, served_first, indexing)
+    first = _first_job(clean_redis, indexing)
+    served_first.enqueue(REMOVE_JOB, "https://batch.example/gone", None)
+
+    assert worker._more_index_jobs(first, indexing) == []
+    assert indexing.job_ids == ids[1:]
+
+    clean_redis.delete(served_first.key)
+    taken = worker._more_index_jobs(first, indexing)
+    assert [(job.id, origin.name) for job, origin in taken] == [
+        (ids[1], QUEUE_INDEXING),
+        (ids[2], QUEUE_INDEXING),
+    ]
+    assert indexing.intermediate_queue.get_job_ids() == ids
+    assert indexing.job_ids == []
+
+
+@pytest.mark.parametrize("lmove", [True, False], ids=["one-script-call", "rq-dequeue-before-redis-6.2"])
+def test_a_job_of_another_kind_ends_the_batch_and_those_behind_it_stay_queued(
+    clean_redis: redis.Redis, redis_url: str, lmove: bool
+) -> None:
+    indexing = Queue(QUEUE_INDEXING, connection=clean_redis, serializer=JSONSerializer)
+    before = _queued_pages(redis_url, clean_redis, [1, 2])
+    removal = indexing.enqueue(REMOVE_JOB, "https://batch.example/gone", None)
+    after = _queued_pages(redis_url, clean_redis, [3, 4])
+    worker = _taking_worker(clean_redis, indexing)
+    first = _first_job(clean_redis, indexing)
+
+    # Without LMOVE (Redis before 6.2), `_more_index_jobs` takes the jobs through RQ's dequeue.
+    taken = worker._more_index_jobs(first, indexing) if lmove else worker._dequeue_index_jobs(7)
+
+    assert [job.id for job, _ in taken] == [before[1], removal.id]
+    assert indexing.job_ids == after
+    assert indexing.intermediate_queue.get_job_ids() == [*before, removal.id]
+
+
+def test_jobs_taken_behind_a_job_of_another_kind_run_after_it_one_by_one(
+    runtime: WorkerRuntime, clean_redis: redis.Redis
+) -> None:
+    indexing = Queue(QUEUE_INDEXING, connection=clean_redis, serializer=JSONSerializer)
+    queue = runtime.index.queue
+    first = [queue.enqueue_index(page(1)).job_id, queue.enqueue_index(page(2)).job_id]
+    # The index jobs' id prefix (which no other job is given) on a removal: taken with them, then found out.
+    odd = indexing.enqueue(REMOVE_JOB, page(2).url, None, utc_now().isoformat(), job_id="index-but-a-removal")
+    after = [queue.enqueue_index(page(3)).job_id, queue.enqueue_index(page(4)).job_id]
+
+    work(clean_redis, batch_pages=8)
+
+    assert [result_of(clean_redis, job_id)["batch_pages"] for job_id in first] == [2, 2]
+    assert result_of(clean_redis, odd.id)["status"] == "gone"
+    assert [result_of(clean_redis, job_id)["batch_pages"] for job_id in after] == [1, 1]
+    ended = [
+        Job.fetch(job_id, connection=clean_redis, serializer=JSONSerializer).ended_at
+        for job_id in [*first, odd.id, *after]
+    ]
+    assert None not in ended
+    assert ended == sorted(end for end in ended if end is not None)
+
+
+def test_a_job_that_vanished_from_the_queue_is_passed_over(clean_redis: redis.Redis, redis_url: str) -> None:
+    ids = _queued_pages(redis_url, clean_redis, range(4))
+    clean_redis.delete(Job.key_for(ids[2]))
+    indexing = Queue(QUEUE_INDEXING, connection=clean_redis, serializer=JSONSerializer)
+    worker = _taking_worker(clean_redis, indexing)
+
+    taken = worker._more_index_jobs(_first_job(clean_redis, indexing), indexing)
+
+    assert [job.id for job, _ in taken] == [ids[1], ids[3]]
+    assert indexing.intermediate_queue.get_job_ids() == ids  # RQ's clean-up drops the vanished one's id

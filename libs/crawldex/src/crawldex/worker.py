@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from functools import partial
+from itertools import takewhile
 from typing import Any
 
 import redis
@@ -29,10 +30,10 @@ from rq.job import Job
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
-from rq.utils import now
+from rq.utils import get_version, now
 from rq.worker import WorkerStatus
 
-from crawldex.adapters.queue import INDEX_JOB, connect_redis
+from crawldex.adapters.queue import INDEX_JOB, INDEX_JOB_ID_PREFIX, connect_redis
 from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE, Settings
 from crawldex.errors import ConfigurationError
 from crawldex.jobs import JobLoop, WorkerRuntime, forget_batch, index_together, install_runtime
@@ -43,6 +44,23 @@ from crawldex.telemetry.metrics import initialize_label_sets
 from crawldex.telemetry.tracing import configure_tracing
 
 log = logging.getLogger(__name__)
+
+# Moves up to ARGV[1] job ids from the head of queue KEYS[1] to its intermediate list KEYS[2] (as RQ's dequeue
+# moves one), stopping after the first id without the index jobs' prefix ARGV[2]; nothing while any queue
+# KEYS[3..] (served first by the worker) holds a job. Returns the ids moved.
+_TAKE_INDEX_JOBS = """
+for i = 3, #KEYS do
+  if redis.call('LLEN', KEYS[i]) > 0 then return {} end
+end
+local taken = {}
+for _ = 1, tonumber(ARGV[1]) do
+  local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+  if not id then break end
+  taken[#taken + 1] = id
+  if string.sub(id, 1, #ARGV[2]) ~= ARGV[2] then break end
+end
+return taken
+"""
 
 
 def worker_name(kind: str, suffix: str = "") -> str:
@@ -119,6 +137,7 @@ class CrawldexWorker(SimpleWorker):
         self.index_batch_pages = index_batch_pages
         self._heartbeat: JobHeartbeat | None = None
         self._executions: dict[str, Execution] = {}
+        self._take_index_jobs = self.connection.register_script(_TAKE_INDEX_JOBS)
 
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
@@ -133,14 +152,15 @@ class CrawldexWorker(SimpleWorker):
         return self.heartbeat_seconds * self.LEASE_BEATS
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        batch = [(job, queue), *self._more_index_jobs(job)]
-        self._executions = {queued.id: self.prepare_execution(queued) for queued, _ in batch}
+        batch = [(job, queue), *self._more_index_jobs(job, queue)]
+        self._executions = self._prepare_executions([queued for queued, _ in batch])
         if self._heartbeat is None:
             self._heartbeat = JobHeartbeat(self._beat, self.heartbeat_seconds, name=f"heartbeat-{self.name}")
         with self._heartbeat.running([queued for queued, _ in batch]):
             try:
-                if len(batch) > 1:
-                    index_together([queued for queued, _ in batch if queued.func_name == INDEX_JOB])
+                leading = list(takewhile(lambda queued: queued.func_name == INDEX_JOB, (q for q, _ in batch)))
+                if len(leading) > 1:
+                    index_together(leading)
                 for queued, origin in batch:
                     self.execution = self._executions[queued.id]
                     self.perform_job(queued, origin)
@@ -149,14 +169,39 @@ class CrawldexWorker(SimpleWorker):
         self._executions = {}  # only now: no beat follows the end of `running`
         self.set_state(WorkerStatus.IDLE)
 
-    def _more_index_jobs(self, job: Job) -> list[tuple[Job, Queue]]:
+    def _more_index_jobs(self, job: Job, queue: Queue) -> list[tuple[Job, Queue]]:
         """After an index job, the jobs queued behind it, up to ``index_batch_pages`` jobs in all, taken
-        without waiting (none while the queue is empty). A job of another kind ends the batch: it runs
-        after the batch, as it would have without one."""
+        without waiting (none while the queue is empty, or while a queue this worker serves first has jobs).
+        A job of another kind ends the batch: it runs after the batch, as it would have without one. (Only
+        an index job's id has the prefix the taking stops at; should another job have it, the jobs taken
+        after it run after it, one by one: `execute_job` batches only the index jobs before it.)
+
+        Taken as RQ's dequeue takes a job (moved to the queue's intermediate list, then read), but all in
+        two round trips (`_TAKE_INDEX_JOBS`, then one read of every job taken) instead of two a job.
+        """
+        count = self.index_batch_pages - 1
+        if job.func_name != INDEX_JOB or count < 1:
+            return []
+        if get_version(self.connection) < (6, 2, 0):  # no LMOVE (RQ itself falls back likewise)
+            return self._dequeue_index_jobs(count)
+        served = [served.key for served in self._ordered_queues]
+        ahead = served[: served.index(queue.key)] if queue.key in served else served
+        try:
+            ids = [
+                raw.decode()
+                for raw in self._take_index_jobs(
+                    keys=[queue.key, queue.intermediate_queue_key, *ahead], args=[count, INDEX_JOB_ID_PREFIX]
+                )
+            ]
+        except redis.RedisError:
+            log.exception("could not take more jobs for a batch")
+            return []
+        return [(more, queue) for more in self._read_jobs(ids)]
+
+    def _dequeue_index_jobs(self, count: int) -> list[tuple[Job, Queue]]:
+        """`_more_index_jobs` through RQ's own dequeue, a job at a time."""
         taken: list[tuple[Job, Queue]] = []
-        if job.func_name != INDEX_JOB:
-            return taken
-        while len(taken) + 1 < self.index_batch_pages:
+        while len(taken) < count:
             try:
                 more = self.queue_class.dequeue_any(
                     self._ordered_queues,
@@ -177,6 +222,36 @@ class CrawldexWorker(SimpleWorker):
             if more[0].func_name != INDEX_JOB:
                 break
         return taken
+
+    def _read_jobs(self, ids: Sequence[str]) -> list[Job]:
+        """The jobs of ``ids``, read in one round trip. As RQ's dequeue does, a job that no longer exists is
+        passed over, and one that cannot be read is left in the intermediate queue for RQ's clean-up."""
+        try:
+            found = self.job_class.fetch_many(ids, connection=self.connection, serializer=self.serializer)
+        except Exception:
+            found = []
+            for job_id in ids:  # one at a time, to pass over only the one that cannot be read
+                try:
+                    found.append(
+                        self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
+                    )
+                except Exception:
+                    log.exception("could not read job %s taken for a batch", job_id)
+        return [job for job in found if job is not None]
+
+    def _prepare_executions(self, jobs: Sequence[Job]) -> dict[str, Execution]:
+        """RQ's `prepare_execution` for a batch's jobs in one round trip: each job's execution record,
+        in its started registry and leased, and the worker busy."""
+        with self.connection.pipeline() as pipeline:
+            executions = {
+                job.id: Execution.create(
+                    job, self.get_heartbeat_ttl(job), pipeline=pipeline, worker_name=self.name
+                )
+                for job in jobs
+            }
+            self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+            pipeline.execute()
+        return executions
 
     def cleanup_execution(self, job: Job, pipeline: redis.client.Pipeline) -> None:
         # Before the execution's records go, so that no heartbeat can write them again.

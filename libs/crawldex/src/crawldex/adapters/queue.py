@@ -33,6 +33,9 @@ from crawldex.telemetry.tracing import TRACE_META_KEY, inject_context, tracer
 from crawldex.urls import canonicalize_url
 
 INDEX_JOB = "crawldex.jobs.index_page"
+INDEX_JOB_ID_PREFIX = (
+    "index-"  # every index job's id, and no other job's: a worker batching index jobs reads it
+)
 REMOVE_JOB = "crawldex.jobs.remove_page"
 RESCRAPE_JOB = "crawldex.jobs.rescrape_page"
 RECONCILE_JOB = "crawldex.jobs.reconcile_crawl"
@@ -100,7 +103,7 @@ def index_job_id(page: PageDocument, delivery_id: str | None) -> str:
     for part in parts:
         digest.update(part.encode("utf-8"))
         digest.update(b"\x00")
-    return f"index-{digest.hexdigest()[:40]}"
+    return f"{INDEX_JOB_ID_PREFIX}{digest.hexdigest()[:40]}"
 
 
 def change_delivery_id(change_event_id: int) -> str:
