@@ -206,6 +206,10 @@ class CrawlRepository:
             return
         # One statement per row (executemany: asyncpg sends them in one round trip), in one transaction;
         # statements, not one multi-row upsert, so two deliveries of one page may share a transaction.
+        if len(rows) <= _ROWS_PER_BATCH:  # one executemany: one transaction by itself (`Database.many`)
+            async with self._db.many() as conn:
+                await conn.execute(self._upsert_page, rows)
+            return
         async with self._db.transaction() as conn:
             for start in range(0, len(rows), _ROWS_PER_BATCH):
                 await conn.execute(self._upsert_page, rows[start : start + _ROWS_PER_BATCH])

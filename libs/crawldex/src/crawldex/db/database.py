@@ -139,6 +139,23 @@ class Database:
                 async with self.engine.connect() as conn:
                     yield await conn.execution_options(isolation_level="AUTOCOMMIT")
 
+    @asynccontextmanager
+    async def many(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for one statement run over many rows (one ``execute`` with a list of parameter
+        sets) that must apply whole or not at all.
+
+        asyncpg sends such an executemany in one round trip as one implicit transaction (all rows or none),
+        so on PostgreSQL this is `statement`: no BEGIN and COMMIT of its own, and its connection pinged with
+        one round trip instead of three. Other drivers (SQLite in the embedded mode) commit each row of an
+        executemany on its own outside a transaction, so there it is `transaction`. Errors as in `session`.
+        """
+        if self.engine.dialect.driver == "asyncpg":
+            async with self.statement() as conn:
+                yield conn
+        else:
+            async with self.transaction() as conn:
+                yield conn
+
     async def health(self) -> None:
         try:
             async with self.engine.connect() as conn:

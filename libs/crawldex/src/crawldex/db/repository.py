@@ -100,7 +100,7 @@ class DocumentRepository:
             for record in records:
                 await self.save(record)
             return
-        async with self._db.transaction() as conn:
+        async with self._db.many() as conn:
             await conn.execute(self._upsert, [self._values(record) for record in records])
 
     @staticmethod
