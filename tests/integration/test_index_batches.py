@@ -16,7 +16,7 @@ from rq.serializers import JSONSerializer
 from crawldex.adapters.embedder import Embedder, EmbedderInfo, Vector
 from crawldex.adapters.local_model import LocalModelEmbedder
 from crawldex.adapters.queue import REMOVE_JOB, JobQueue
-from crawldex.config import QUEUE_INDEXING, Settings
+from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE, Settings
 from crawldex.db.crawls import CrawlRepository
 from crawldex.errors import DependencyUnavailableError, EmbedderError
 from crawldex.jobs import JobLoop, WorkerRuntime, install_runtime
@@ -321,3 +321,54 @@ def test_a_job_that_vanished_from_the_queue_is_passed_over(clean_redis: redis.Re
 
     assert [job.id for job, _ in taken] == [ids[1], ids[3]]
     assert indexing.intermediate_queue.get_job_ids() == ids  # RQ's clean-up drops the vanished one's id
+
+
+def test_a_worker_serving_several_queues_leaves_no_batched_job_behind_for_rqs_clean_up(
+    runtime: WorkerRuntime, clean_redis: redis.Redis
+) -> None:
+    ids = [runtime.index.queue.enqueue_index(page(number)).job_id for number in range(3)]
+    indexing = Queue(QUEUE_INDEXING, connection=clean_redis, serializer=JSONSerializer)
+    rescrape = Queue(QUEUE_RESCRAPE, connection=clean_redis, serializer=JSONSerializer)
+    worker = CrawldexWorker(  # as the embedded mode's consumer serves them
+        [indexing, rescrape], connection=clean_redis, name=worker_name("two-queues"), index_batch_pages=8
+    )
+
+    worker.work(burst=True, with_scheduler=False)
+
+    assert [result_of(clean_redis, job_id)["batch_pages"] for job_id in ids] == [3, 3, 3]
+    assert indexing.intermediate_queue.get_job_ids() == []
+    # RQ's clean-up of the intermediate list (a first pass, then one a minute later) finds nothing to retry.
+    indexing.intermediate_queue.cleanup(worker, indexing)
+    for job_id in ids:
+        clean_redis.set(indexing.intermediate_queue.get_first_seen_key(job_id), 0)
+    indexing.intermediate_queue.cleanup(worker, indexing)
+    assert [
+        Job.fetch(job_id, connection=clean_redis, serializer=JSONSerializer).get_status() for job_id in ids
+    ] == ["finished"] * 3
+
+
+def test_a_job_queued_twice_runs_once_in_its_batch(runtime: WorkerRuntime, clean_redis: redis.Redis) -> None:
+    ids = [runtime.index.queue.enqueue_index(page(number)).job_id for number in range(3)]
+    indexing = Queue(QUEUE_INDEXING, connection=clean_redis, serializer=JSONSerializer)
+    clean_redis.rpush(indexing.key, ids[1])  # queued again while still queued, as RQ can re-queue a job
+
+    queue = work(clean_redis, batch_pages=8)
+
+    assert [result_of(clean_redis, job_id)["batch_pages"] for job_id in ids] == [3, 3, 3]
+    assert len(Job.fetch(ids[1], connection=clean_redis, serializer=JSONSerializer).results()) == 1
+    assert queue.failed_job_registry.count == 0
+
+
+def test_a_job_whose_data_cannot_be_read_fails_on_its_own(
+    runtime: WorkerRuntime, clean_redis: redis.Redis
+) -> None:
+    ids = [runtime.index.queue.enqueue_index(page(number)).job_id for number in range(3)]
+    clean_redis.hset(Job.key_for(ids[0]), "data", b"not what the serializer wrote")
+
+    queue = work(clean_redis, batch_pages=8)
+
+    # RQ failed it as it fails any job it cannot run, and scheduled its retry; the worker went on.
+    broken = Job.fetch(ids[0], connection=clean_redis, serializer=JSONSerializer)
+    assert broken.get_status() == "scheduled"
+    assert queue.scheduled_job_registry.get_job_ids() == [ids[0]]
+    assert [result_of(clean_redis, job_id)["batch_pages"] for job_id in ids[1:]] == [2, 2]

@@ -63,6 +63,14 @@ return taken
 """
 
 
+def _is_index_job(job: Job) -> bool:
+    """Whether ``job`` indexes a page; a job whose data cannot be read is not (RQ fails it when it runs)."""
+    try:
+        return job.func_name == INDEX_JOB
+    except Exception:  # RQ's DeserializationError, or whatever the serializer raises
+        return False
+
+
 def worker_name(kind: str, suffix: str = "") -> str:
     """Unique per process (and per thread in the embedded mode): host, pid, kind."""
     return f"{socket.gethostname()}.{os.getpid()}.{kind}{suffix}"
@@ -153,12 +161,12 @@ class CrawldexWorker(SimpleWorker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         batch = [(job, queue), *self._more_index_jobs(job, queue)]
-        self._executions = self._prepare_executions([queued for queued, _ in batch])
+        self._executions = self._prepare_executions(batch)
         if self._heartbeat is None:
             self._heartbeat = JobHeartbeat(self._beat, self.heartbeat_seconds, name=f"heartbeat-{self.name}")
         with self._heartbeat.running([queued for queued, _ in batch]):
             try:
-                leading = list(takewhile(lambda queued: queued.func_name == INDEX_JOB, (q for q, _ in batch)))
+                leading = list(takewhile(_is_index_job, (queued for queued, _ in batch)))
                 if len(leading) > 1:
                     index_together(leading)
                 for queued, origin in batch:
@@ -180,7 +188,7 @@ class CrawldexWorker(SimpleWorker):
         two round trips (`_TAKE_INDEX_JOBS`, then one read of every job taken) instead of two a job.
         """
         count = self.index_batch_pages - 1
-        if job.func_name != INDEX_JOB or count < 1:
+        if not _is_index_job(job) or count < 1:
             return []
         if get_version(self.connection) < (6, 2, 0):  # no LMOVE (RQ itself falls back likewise)
             return self._dequeue_index_jobs(count)
@@ -196,7 +204,9 @@ class CrawldexWorker(SimpleWorker):
         except redis.RedisError:
             log.exception("could not take more jobs for a batch")
             return []
-        return [(more, queue) for more in self._read_jobs(ids)]
+        # An id queued twice (RQ can re-queue a job still queued) runs once, as the batch's first is.
+        fresh = [job_id for position, job_id in enumerate(ids) if job_id not in (job.id, *ids[:position])]
+        return [(more, queue) for more in self._read_jobs(fresh)]
 
     def _dequeue_index_jobs(self, count: int) -> list[tuple[Job, Queue]]:
         """`_more_index_jobs` through RQ's own dequeue, a job at a time."""
@@ -219,7 +229,7 @@ class CrawldexWorker(SimpleWorker):
             if more is None:
                 break
             taken.append(more)
-            if more[0].func_name != INDEX_JOB:
+            if not _is_index_job(more[0]):
                 break
         return taken
 
@@ -239,16 +249,21 @@ class CrawldexWorker(SimpleWorker):
                     log.exception("could not read job %s taken for a batch", job_id)
         return [job for job in found if job is not None]
 
-    def _prepare_executions(self, jobs: Sequence[Job]) -> dict[str, Execution]:
-        """RQ's `prepare_execution` for a batch's jobs in one round trip: each job's execution record,
-        in its started registry and leased, and the worker busy."""
+    def _prepare_executions(self, batch: Sequence[tuple[Job, Queue]]) -> dict[str, Execution]:
+        """RQ's `prepare_execution` for a batch's jobs in one round trip (a transaction): each job's
+        execution record, in its started registry and leased, and the worker busy; and each job off its
+        queue's intermediate list at once.
+
+        RQ takes a job off that list only later (`prepare_job_execution`), and only when the worker serves
+        one queue (with several, its dequeue never puts it there); a job taken for a batch is put there
+        whatever the queues. Left there while the job is also in the started registry, RQ's two clean-ups
+        could each re-queue it (a dead worker's job run twice), or, once it has ended, fail and retry it."""
         with self.connection.pipeline() as pipeline:
-            executions = {
-                job.id: Execution.create(
-                    job, self.get_heartbeat_ttl(job), pipeline=pipeline, worker_name=self.name
-                )
-                for job in jobs
-            }
+            executions = {}
+            for job, queue in batch:
+                ttl = self.get_heartbeat_ttl(job)
+                executions[job.id] = Execution.create(job, ttl, pipeline=pipeline, worker_name=self.name)
+                pipeline.lrem(queue.intermediate_queue_key, 0, job.id)
             self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
             pipeline.execute()
         return executions
