@@ -145,6 +145,73 @@ async def test_a_write_that_sqlite_refuses_leaves_no_transaction_open(tmp_path: 
         reopened.close()
 
 
+_THIRD_POINT = (
+    "CREATE TEMP TRIGGER third_point BEFORE INSERT ON points WHEN (SELECT count(*) FROM points) >= 2 "
+)
+THIRD_POINT_FAILS = {
+    "ABORT": _THIRD_POINT + "BEGIN SELECT RAISE(ABORT, 'no room for a third point'); END",
+    "ROLLBACK": _THIRD_POINT + "BEGIN SELECT RAISE(ROLLBACK, 'no room for a third point'); END",
+}
+
+
+def _refuse_commits(action: int, name: str | None, *_: object) -> int:
+    """An SQLite authorizer refusing COMMIT, as a full disk or an I/O error can fail it."""
+    if action == sqlite3.SQLITE_TRANSACTION and name == "COMMIT":
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+async def test_a_refused_commit_leaves_memory_as_the_file_has_it(tmp_path: Path) -> None:
+    store = await _open(tmp_path / "qdrant")
+    doc = uuid.uuid4()
+    try:
+        await store.upsert(_points(doc, ["first", "second", "third", "fourth"]))
+        persistence = _persistence(store._client, "pages")
+        assert persistence is not None
+        persistence.storage.set_authorizer(_refuse_commits)
+        with pytest.raises(DependencyUnavailableError):
+            await store.delete_chunks_from(doc, 1)
+        assert await store.count(doc) == 4  # as on disk: not the 1 that memory held before the commit
+        await store.delete_chunks_from(doc, 1)  # the job's retry
+        assert await store.count(doc) == 1
+    finally:
+        store.close()
+    reopened = await _open(tmp_path / "qdrant")
+    try:
+        assert await reopened.count(doc) == 1
+    finally:
+        reopened.close()
+
+
+@pytest.mark.parametrize(
+    ("sqlite_raise", "kept"),
+    [("ABORT", 2), ("ROLLBACK", 0)],
+    ids=["point-refused-earlier-kept", "transaction-rolled-back-by-sqlite"],
+)
+async def test_a_write_that_fails_part_way_leaves_memory_as_the_file_has_it(
+    tmp_path: Path, sqlite_raise: str, kept: int
+) -> None:
+    store = await _open(tmp_path / "qdrant")
+    doc = uuid.uuid4()
+    try:
+        persistence = _persistence(store._client, "pages")
+        assert persistence is not None
+        # The third point's INSERT fails: ABORT undoes that statement, ROLLBACK the whole transaction.
+        persistence.storage.execute(THIRD_POINT_FAILS[sqlite_raise])
+        with pytest.raises(DependencyUnavailableError, match="no room"):
+            await store.upsert(_points(doc, ["one", "two", "three", "four", "five"]))
+        assert await store.count(doc) == kept
+    finally:
+        store.close()
+    reopened = await _open(tmp_path / "qdrant")
+    try:
+        assert await reopened.count(doc) == kept
+        await reopened.upsert(_points(doc, ["one", "two", "three", "four", "five"]))
+        assert await reopened.count(doc) == 5
+    finally:
+        reopened.close()
+
+
 def test_a_storage_file_that_is_not_there_is_left_alone(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

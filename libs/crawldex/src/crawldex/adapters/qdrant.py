@@ -22,7 +22,8 @@ A write of many points (a batch's upsert, its stale tails) still commits once a 
 an fsync. While this store writes, qdrant-client's per-point transactions join one, committed when the
 write ends (`_OneTransaction`): one fsync a write. qdrant-client validates a whole request before it stores
 any point, and stores each point before applying it in memory, so a write that fails part-way keeps (commits)
-the points it applied, as qdrant-client's own per-point commits would.
+the points it applied, as qdrant-client's own per-point commits would; should the file lose them anyway (the
+commit fails, or SQLite rolls the transaction back), the store reads the collection again from the file.
 """
 
 from __future__ import annotations
@@ -315,16 +316,53 @@ class VectorStore:
             yield
             return
         connection = persistence.storage
-        persistence.storage = _OneTransaction(connection)  # type: ignore[assignment]  # duck-typed stand-in
+        if not connection.in_transaction:
+            connection.execute("BEGIN")
+        stand_in = _OneTransaction(connection)
+        persistence.storage = stand_in  # type: ignore[assignment]  # duck-typed stand-in
         try:
             yield
-        finally:
+        except BaseException:
             persistence.storage = connection
+            self._after_failed_write(connection, wrote=stand_in.blocks > 0)
+            raise
+        persistence.storage = connection
+        try:
+            connection.commit()
+        except sqlite3.Error:
+            self._after_failed_write(connection, wrote=True)
+            raise
+
+    def _after_failed_write(self, connection: sqlite3.Connection, *, wrote: bool) -> None:
+        """Memory and file in step again after a write failed part-way.
+
+        qdrant-client applies a point in memory once it is stored. Each point's statements are undone on
+        their own when they fail (a savepoint each, `_OneTransaction`), so what went before is committed,
+        as per-point commits would have kept it. But should SQLite have rolled the whole transaction back
+        (as it may on a full disk or an I/O error), or the commit fail, the file lacks points that memory
+        holds (a delete's points would come back at the next start): the collection is then read again
+        from the file.
+        """
+        kept = connection.in_transaction
+        if kept:
             try:
-                connection.commit()  # on failure too: the points applied in memory are kept on disk
+                connection.commit()
             except sqlite3.Error:
-                connection.rollback()
-                raise
+                kept = False
+        if not kept:
+            connection.rollback()
+            if wrote:
+                self._reopen_local()
+
+    def _reopen_local(self) -> None:
+        """The embedded store read again from its files (the caller holds the lock); the local index is
+        rebuilt from it by the next query."""
+        if self._local_path is None:
+            return
+        log.warning("reopening the embedded store at %s after a failed write", self._local_path)
+        self._local = None
+        self._client.close()
+        self._client = QdrantClient(path=str(self._local_path))
 
     async def upsert(self, points: Sequence[IndexedPoint]) -> None:
         if not points:
@@ -522,17 +560,26 @@ class VectorStore:
 class _OneTransaction:
     """Stands in for a collection's SQLite connection while one write runs: qdrant-client's
     ``with connection:`` around each point's statements commits nothing, so they join the transaction the
-    store commits when the write ends (`VectorStore._one_transaction`). Anything else goes to the
-    connection."""
+    store commits when the write ends (`VectorStore._one_transaction`). Each such block is a savepoint,
+    undone on its own if it fails, as its own transaction was. Anything else goes to the connection."""
+
+    SAVEPOINT = "crawldex_point"
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._connection = connection
+        self.blocks = 0  # blocks entered: points (or deletes) written in this transaction
 
     def __enter__(self) -> sqlite3.Connection:
+        self._connection.execute(f"SAVEPOINT {self.SAVEPOINT}")
+        self.blocks += 1
         return self._connection
 
-    def __exit__(self, *exc_info: object) -> None:
-        return None  # an error propagates; the store still commits what went before it
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        # A transaction SQLite rolled back itself has no savepoint left to go back to or release.
+        if exc_type is not None and self._connection.in_transaction:
+            self._connection.execute(f"ROLLBACK TO {self.SAVEPOINT}")
+        if self._connection.in_transaction:
+            self._connection.execute(f"RELEASE {self.SAVEPOINT}")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._connection, name)
