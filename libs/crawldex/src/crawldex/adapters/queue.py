@@ -33,9 +33,8 @@ from crawldex.telemetry.tracing import TRACE_META_KEY, inject_context, tracer
 from crawldex.urls import canonicalize_url
 
 INDEX_JOB = "crawldex.jobs.index_page"
-INDEX_JOB_ID_PREFIX = (
-    "index-"  # every index job's id, and no other job's: a worker batching index jobs reads it
-)
+# Every index job's id starts so, and no other job's: a worker batching index jobs reads it.
+INDEX_JOB_ID_PREFIX = "index-"
 REMOVE_JOB = "crawldex.jobs.remove_page"
 RESCRAPE_JOB = "crawldex.jobs.rescrape_page"
 RECONCILE_JOB = "crawldex.jobs.reconcile_crawl"
