@@ -347,7 +347,12 @@ def test_a_worker_serving_several_queues_leaves_no_batched_job_behind_for_rqs_cl
     ] == ["finished"] * 3
 
 
-def test_a_job_queued_twice_runs_once_in_its_batch(runtime: WorkerRuntime, clean_redis: redis.Redis) -> None:
+@pytest.mark.parametrize("lmove", [True, False], ids=["one-script-call", "rq-dequeue-before-redis-6.2"])
+def test_a_job_queued_twice_runs_once_in_its_batch(
+    runtime: WorkerRuntime, clean_redis: redis.Redis, lmove: bool
+) -> None:
+    if not lmove:  # the server version RQ reads once and keeps on the connection: Redis 6.0, no LMOVE
+        setattr(clean_redis, "__rq_redis_server_version", (6, 0, 0))
     ids = [runtime.index.queue.enqueue_index(page(number)).job_id for number in range(3)]
     indexing = Queue(QUEUE_INDEXING, connection=clean_redis, serializer=JSONSerializer)
     clean_redis.rpush(indexing.key, ids[1])  # queued again while still queued, as RQ can re-queue a job

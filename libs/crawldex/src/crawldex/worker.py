@@ -191,22 +191,30 @@ class CrawldexWorker(SimpleWorker):
         if not _is_index_job(job) or count < 1:
             return []
         if get_version(self.connection) < (6, 2, 0):  # no LMOVE (RQ itself falls back likewise)
-            return self._dequeue_index_jobs(count)
+            taken = self._dequeue_index_jobs(count)
+        else:
+            taken = self._move_index_jobs(queue, count)
+        # An id queued twice (RQ can re-queue a job still queued) runs once: a batch's records go by job id.
+        seen = {job.id}
+        unique: list[tuple[Job, Queue]] = []
+        for more, origin in taken:
+            if more.id not in seen:
+                seen.add(more.id)
+                unique.append((more, origin))
+        return unique
+
+    def _move_index_jobs(self, queue: Queue, count: int) -> list[tuple[Job, Queue]]:
+        """`_more_index_jobs` in two round trips: `_TAKE_INDEX_JOBS`, then one read of the jobs taken."""
         served = [served.key for served in self._ordered_queues]
         ahead = served[: served.index(queue.key)] if queue.key in served else served
         try:
-            ids = [
-                raw.decode()
-                for raw in self._take_index_jobs(
-                    keys=[queue.key, queue.intermediate_queue_key, *ahead], args=[count, INDEX_JOB_ID_PREFIX]
-                )
-            ]
+            moved = self._take_index_jobs(
+                keys=[queue.key, queue.intermediate_queue_key, *ahead], args=[count, INDEX_JOB_ID_PREFIX]
+            )
         except redis.RedisError:
             log.exception("could not take more jobs for a batch")
             return []
-        # An id queued twice (RQ can re-queue a job still queued) runs once, as the batch's first is.
-        fresh = [job_id for position, job_id in enumerate(ids) if job_id not in (job.id, *ids[:position])]
-        return [(more, queue) for more in self._read_jobs(fresh)]
+        return [(more, queue) for more in self._read_jobs([raw.decode() for raw in moved])]
 
     def _dequeue_index_jobs(self, count: int) -> list[tuple[Job, Queue]]:
         """`_more_index_jobs` through RQ's own dequeue, a job at a time."""
