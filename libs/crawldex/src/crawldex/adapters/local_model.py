@@ -28,7 +28,7 @@ from tokenizers import Encoding, Tokenizer
 from crawldex.adapters.embedder import EmbedderInfo, Vector
 from crawldex.chunking import bundled_model_dir
 from crawldex.errors import ConfigurationError, EmbedderError
-from crawldex.heap import HeapTrimmer
+from crawldex.heap import HeapTrimmer, map_large_blocks_apart
 from crawldex.telemetry.metrics import EMBED_BATCH_SIZE, EMBED_DURATION
 
 if TYPE_CHECKING:
@@ -88,6 +88,7 @@ class LocalModelEmbedder:
         # passes from the API thread and a consumer thread would only fight over them.
         self._lock = threading.Lock()
         self._heap = HeapTrimmer()
+        map_large_blocks_apart()
 
     @classmethod
     def load(
