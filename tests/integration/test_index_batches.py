@@ -377,3 +377,93 @@ def test_a_job_whose_data_cannot_be_read_fails_on_its_own(
     assert broken.get_status() == "scheduled"
     assert queue.scheduled_job_registry.get_job_ids() == [ids[0]]
     assert [result_of(clean_redis, job_id)["batch_pages"] for job_id in ids[1:]] == [2, 2]
+
+
+def text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else value or ""
+
+
+def job_record(connection: redis.Redis, job_id: str) -> tuple[set[str], str, bool, bool]:
+    """What RQ leaves of an ended job: its hash's fields, its status, whether its latest result is a
+    success, and whether it is in the finished registry; its execution records must be gone."""
+    job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+    result = job.latest_result()
+    status = job.get_status()
+    assert result is not None
+    assert status is not None
+    assert not connection.keys(f"rq:execution:{job_id}:*")
+    finished = job_id in Queue(QUEUE_INDEXING, connection=connection).finished_job_registry.get_job_ids()
+    return (
+        {text(field) for field in connection.hkeys(job.key)},
+        status.value,
+        result.type == result.Type.SUCCESSFUL,
+        finished,
+    )
+
+
+def test_a_batchs_jobs_end_recorded_as_rq_records_a_job_run_alone(
+    runtime: WorkerRuntime, clean_redis: redis.Redis
+) -> None:
+    alone = runtime.index.queue.enqueue_index(page(0)).job_id
+    work(clean_redis, batch_pages=1)
+    batched = [runtime.index.queue.enqueue_index(page(number)).job_id for number in range(1, 5)]
+    queue = Queue(QUEUE_INDEXING, connection=clean_redis, serializer=JSONSerializer)
+    worker = CrawldexWorker([queue], connection=clean_redis, name=worker_name("record"), index_batch_pages=8)
+
+    worker.work(burst=True, with_scheduler=False)
+
+    assert [result_of(clean_redis, job_id)["batch_pages"] for job_id in batched] == [4] * 4
+    expected = job_record(clean_redis, alone)
+    assert expected[1:] == ("finished", True, True)
+    assert [job_record(clean_redis, job_id) for job_id in batched] == [expected] * 4
+    assert clean_redis.ttl(Job.key_for(batched[0])) > 0  # kept for the result's TTL, as RQ keeps it
+    assert queue.started_job_registry.count == 0
+    assert int(clean_redis.hget(worker.key, "successful_job_count") or 0) == 4
+    assert float(clean_redis.hget(worker.key, "total_working_time") or 0) > 0
+
+
+def test_a_job_of_a_batch_that_another_job_depends_on_queues_it_when_it_ends(
+    runtime: WorkerRuntime, clean_redis: redis.Redis
+) -> None:
+    ids = [runtime.index.queue.enqueue_index(page(number)).job_id for number in range(3)]
+    rescrape = Queue(QUEUE_RESCRAPE, connection=clean_redis, serializer=JSONSerializer)
+    dependent = rescrape.enqueue("builtins.len", "waits", depends_on=ids[1])
+    assert dependent.get_status() == "deferred"
+
+    work(clean_redis, batch_pages=8)
+
+    assert [result_of(clean_redis, job_id)["batch_pages"] for job_id in ids] == [3, 3, 3]
+    assert dependent.get_status() == "queued"
+    assert rescrape.get_job_ids() == [dependent.id]
+
+
+class StatusReadingEmbedder(RefusingEmbedder):
+    """The real model; each call first reads the status of the jobs in ``job_ids`` from Redis."""
+
+    def __init__(self, model: LocalModelEmbedder, connection: redis.Redis) -> None:
+        super().__init__(model)
+        self._connection = connection
+        self.job_ids: list[str] = []
+        self.seen: list[list[str]] = []
+
+    async def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
+        self.seen.append(
+            [text(self._connection.hget(Job.key_for(job_id), "status")) for job_id in self.job_ids]
+        )
+        return await super().embed_documents(texts)
+
+
+def test_the_jobs_of_a_batch_are_started_from_when_they_are_taken(
+    settings: Settings, embedder: LocalModelEmbedder, clean_redis: redis.Redis
+) -> None:
+    reading = StatusReadingEmbedder(embedder, clean_redis)
+    runtime = start_runtime(settings, reading)
+    try:
+        reading.job_ids = [runtime.index.queue.enqueue_index(page(number)).job_id for number in range(3)]
+        work(clean_redis, batch_pages=8)
+    finally:
+        install_runtime(None)
+        runtime.close()
+
+    assert reading.seen == [["started"] * 3]  # the batch's one model call, all three jobs taken
+    assert [result_of(clean_redis, job_id)["batch_pages"] for job_id in reading.job_ids] == [3, 3, 3]

@@ -27,6 +27,7 @@ from prometheus_client import start_http_server
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.job import Job
+from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
@@ -69,6 +70,10 @@ def _is_index_job(job: Job) -> bool:
         return job.func_name == INDEX_JOB
     except Exception:  # RQ's DeserializationError, or whatever the serializer raises
         return False
+
+
+def _took(job: Job) -> timedelta | None:
+    return job.ended_at - job.started_at if job.started_at and job.ended_at else None
 
 
 def worker_name(kind: str, suffix: str = "") -> str:
@@ -119,7 +124,9 @@ class CrawldexWorker(SimpleWorker):
 
     After an index job it takes the index jobs queued behind it, up to ``index_batch_pages`` in all, and
     indexes their pages as one batch (`crawldex.jobs.index_together`) before RQ performs each job as usual;
-    each taken job is in RQ's started registry, and leased, from the moment it is taken.
+    each taken job is started (in RQ's started registry, leased, its status ``started``) from the moment it
+    is taken, and the jobs of a batch that succeed are recorded as finished together once all have run
+    (`_record_successes`).
     """
 
     LEASE_BEATS = 3  # beats a job's lease survives: one late beat is not a dead worker
@@ -145,6 +152,8 @@ class CrawldexWorker(SimpleWorker):
         self.index_batch_pages = index_batch_pages
         self._heartbeat: JobHeartbeat | None = None
         self._executions: dict[str, Execution] = {}
+        # While a batch runs: the jobs that succeeded, recorded as finished when it ends.
+        self._successes: list[tuple[Job, Queue, Execution]] | None = None
         self._take_index_jobs = self.connection.register_script(_TAKE_INDEX_JOBS)
 
     def run_maintenance_tasks(self) -> None:
@@ -169,11 +178,13 @@ class CrawldexWorker(SimpleWorker):
                 leading = list(takewhile(_is_index_job, (queued for queued, _ in batch)))
                 if len(leading) > 1:
                     index_together(leading)
+                self._successes = [] if len(batch) > 1 else None
                 for queued, origin in batch:
                     self.execution = self._executions[queued.id]
                     self.perform_job(queued, origin)
             finally:
                 forget_batch()
+                self._record_successes()
         self._executions = {}  # only now: no beat follows the end of `running`
         self.set_state(WorkerStatus.IDLE)
 
@@ -258,9 +269,9 @@ class CrawldexWorker(SimpleWorker):
         return [job for job in found if job is not None]
 
     def _prepare_executions(self, batch: Sequence[tuple[Job, Queue]]) -> dict[str, Execution]:
-        """RQ's `prepare_execution` for a batch's jobs in one round trip (a transaction): each job's
-        execution record, in its started registry and leased, and the worker busy; and each job off its
-        queue's intermediate list at once.
+        """RQ's `prepare_execution` and `prepare_job_execution` for a batch's jobs in one round trip (a
+        transaction): each job's execution record, in its started registry and leased, and the job started;
+        the worker busy, on the batch's first job; and each job off its queue's intermediate list at once.
 
         RQ takes a job off that list only later (`prepare_job_execution`), and only when the worker serves
         one queue (with several, its dequeue never puts it there); a job taken for a batch is put there
@@ -271,10 +282,96 @@ class CrawldexWorker(SimpleWorker):
             for job, queue in batch:
                 ttl = self.get_heartbeat_ttl(job)
                 executions[job.id] = Execution.create(job, ttl, pipeline=pipeline, worker_name=self.name)
+                job.prepare_for_execution(self.name, pipeline=pipeline)
                 pipeline.lrem(queue.intermediate_queue_key, 0, job.id)
+            first = batch[0][0]
+            self.set_current_job_id(first.id, pipeline=pipeline)
+            self.set_current_job_working_time(0, pipeline=pipeline)
+            self.heartbeat(self.get_heartbeat_ttl(first), pipeline=pipeline)
             self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
             pipeline.execute()
         return executions
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        if job.id not in self._executions:  # not taken through execute_job
+            super().prepare_job_execution(job, remove_from_intermediate_queue)
+            return
+        self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")  # type: ignore[no-untyped-call]
+
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
+        # RQ also writes the job's last heartbeat here, a round trip of its own, for the callback that
+        # follows; without one, that time is written with the rest of the job's record when it ends.
+        if job.success_callback is not None or job.failure_callback is not None:
+            super().handle_execution_ended(job, queue, heartbeat_ttl)
+            return
+        job.ended_at = now()
+        job.last_heartbeat = job.ended_at
+
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry) -> None:
+        if self._successes is None or self.execution is None or job.webhooks or job.repeats_left:
+            super().handle_job_success(job, queue, started_job_registry)
+            return
+        self._successes.append((job, queue, self.execution))  # recorded when the batch ends
+
+    def _record_successes(self) -> None:
+        """RQ's `handle_job_success` for the jobs of a batch that succeeded, all in one transaction (three
+        round trips for the batch instead of three a job): each job finished, its result saved, its
+        execution and lease gone, the worker's counts raised. Its heartbeat runs until then.
+
+        Should any of them have dependent jobs, RQ records them one by one (it queues the dependents). If
+        Redis fails here, the jobs stay started until their leases lapse, and RQ's clean-up of abandoned
+        jobs runs them again (an index job whose page is indexed already changes nothing).
+        """
+        succeeded, self._successes = self._successes, None
+        if not succeeded:
+            return
+        dependents = [job.dependents_key for job, _, _ in succeeded]
+        try:
+            with self.connection.pipeline() as pipeline:
+                while True:
+                    try:
+                        # As RQ does: a dependent added meanwhile makes the transaction start again.
+                        pipeline.watch(*dependents)  # type: ignore[no-untyped-call]
+                        if pipeline.sunion(dependents):
+                            pipeline.reset()
+                            break
+                        pipeline.multi()
+                        for job, _, execution in succeeded:
+                            self._record_success(job, execution, pipeline)
+                        pipeline.execute()
+                    except redis.WatchError:
+                        continue
+                    for job, _, _ in succeeded:
+                        log.info("Successfully completed job %s in %s", job.id, _took(job))
+                    return
+        except redis.RedisError:
+            log.exception(
+                "could not record jobs %s as finished; they run again once their leases lapse",
+                ", ".join(job.id for job, _, _ in succeeded),
+            )
+            return
+        for job, queue, execution in succeeded:
+            self.execution = execution
+            super().handle_job_success(job, queue, queue.started_job_registry)
+
+    def _record_success(self, job: Job, execution: Execution, pipeline: redis.client.Pipeline) -> None:
+        """What RQ's `handle_job_success` writes for a job without dependents, on ``pipeline``."""
+        self.increment_successful_job_count(pipeline=pipeline)
+        if job.started_at is not None and job.ended_at is not None:
+            self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
+        result_ttl = job.get_result_ttl(self.default_result_ttl)
+        if result_ttl != 0:
+            job._handle_success(
+                result_ttl,
+                pipeline=pipeline,
+                worker_name=self.name,
+                execution_id=execution.id,
+                execution_started_at=execution.created_at,
+                execution_ended_at=job.ended_at,
+            )
+        job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
+        self.execution = execution
+        self.cleanup_execution(job, pipeline=pipeline)
 
     def cleanup_execution(self, job: Job, pipeline: redis.client.Pipeline) -> None:
         # Before the execution's records go, so that no heartbeat can write them again.
