@@ -296,12 +296,15 @@ class CrawldexWorker(SimpleWorker):
         if job.id not in self._executions:  # not taken through execute_job
             super().prepare_job_execution(job, remove_from_intermediate_queue)
             return
+        if job.id != next(iter(self._executions)):  # the first is the worker's current job already
+            # `rq info` shows it, and RQ's stop-job command stops only the job it names.
+            self.set_current_job_id(job.id)
         self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")  # type: ignore[no-untyped-call]
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
         # RQ also writes the job's last heartbeat here, a round trip of its own, for the callback that
         # follows; without one, that time is written with the rest of the job's record when it ends.
-        if job.success_callback is not None or job.failure_callback is not None:
+        if job._success_callback_name or job._failure_callback_name:  # names: importing them may fail
             super().handle_execution_ended(job, queue, heartbeat_ttl)
             return
         job.ended_at = now()
@@ -318,9 +321,10 @@ class CrawldexWorker(SimpleWorker):
         round trips for the batch instead of three a job): each job finished, its result saved, its
         execution and lease gone, the worker's counts raised. Its heartbeat runs until then.
 
-        Should any of them have dependent jobs, RQ records them one by one (it queues the dependents). If
-        Redis fails here, the jobs stay started until their leases lapse, and RQ's clean-up of abandoned
-        jobs runs them again (an index job whose page is indexed already changes nothing).
+        Should any of them have dependent jobs (RQ queues the dependents), or the transaction fail, RQ records
+        them one by one. A job that cannot be recorded even so stays started until its lease lapses; RQ's
+        clean-up of abandoned jobs then runs it again while it has tries left (an index job whose page is
+        indexed already changes nothing), else fails it.
         """
         succeeded, self._successes = self._successes, None
         if not succeeded:
@@ -344,15 +348,14 @@ class CrawldexWorker(SimpleWorker):
                     for job, _, _ in succeeded:
                         log.info("Successfully completed job %s in %s", job.id, _took(job))
                     return
-        except redis.RedisError:
-            log.exception(
-                "could not record jobs %s as finished; they run again once their leases lapse",
-                ", ".join(job.id for job, _, _ in succeeded),
-            )
-            return
+        except Exception:
+            log.exception("could not record a batch's jobs as finished together; recording them one by one")
         for job, queue, execution in succeeded:
             self.execution = execution
-            super().handle_job_success(job, queue, queue.started_job_registry)
+            try:
+                super().handle_job_success(job, queue, queue.started_job_registry)
+            except Exception:  # the next job's record may still go through; the worker must go on
+                log.exception("could not record job %s as finished", job.id)
 
     def _record_success(self, job: Job, execution: Execution, pipeline: redis.client.Pipeline) -> None:
         """What RQ's `handle_job_success` writes for a job without dependents, on ``pipeline``."""
