@@ -467,3 +467,56 @@ def test_the_jobs_of_a_batch_are_started_from_when_they_are_taken(
 
     assert reading.seen == [["started"] * 3]  # the batch's one model call, all three jobs taken
     assert [result_of(clean_redis, job_id)["batch_pages"] for job_id in reading.job_ids] == [3, 3, 3]
+
+
+class CurrentJobReadingWorker(CrawldexWorker):
+    """The real worker; as each job's success is handled, it reads the worker's current job from Redis."""
+
+    current_jobs: list[str]
+
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any) -> None:
+        self.current_jobs.append(text(self.connection.hget(self.key, "current_job")))
+        super().handle_job_success(job, queue, started_job_registry)
+
+
+def test_each_job_of_a_batch_is_the_workers_current_job_while_it_runs(
+    runtime: WorkerRuntime, clean_redis: redis.Redis
+) -> None:
+    ids = [runtime.index.queue.enqueue_index(page(number)).job_id for number in range(3)]
+    queue = Queue(QUEUE_INDEXING, connection=clean_redis, serializer=JSONSerializer)
+    worker = CurrentJobReadingWorker(
+        [queue], connection=clean_redis, name=worker_name("current"), index_batch_pages=8
+    )
+    worker.current_jobs = []
+
+    worker.work(burst=True, with_scheduler=False)
+
+    assert worker.current_jobs == ids  # what `rq info` shows, and what RQ's stop-job command stops
+
+
+class FailingBatchRecordWorker(CrawldexWorker):
+    """The real worker, except that writing a batch's record fails as a Redis connection dropped while the
+    transaction is built would; RQ's own per-job record then runs as usual."""
+
+    def _record_success(self, job: Job, execution: Any, pipeline: redis.client.Pipeline) -> None:
+        raise redis.ConnectionError("Connection closed by server.")
+
+
+def test_a_batch_whose_record_fails_is_recorded_job_by_job_as_rq_records_them(
+    runtime: WorkerRuntime, clean_redis: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    alone = runtime.index.queue.enqueue_index(page(0)).job_id
+    work(clean_redis, batch_pages=1)
+    batched = [runtime.index.queue.enqueue_index(page(number)).job_id for number in range(1, 4)]
+    queue = Queue(QUEUE_INDEXING, connection=clean_redis, serializer=JSONSerializer)
+    worker = FailingBatchRecordWorker(
+        [queue], connection=clean_redis, name=worker_name("fallback"), index_batch_pages=8
+    )
+
+    worker.work(burst=True, with_scheduler=False)
+
+    assert [result_of(clean_redis, job_id)["batch_pages"] for job_id in batched] == [3] * 3
+    assert [job_record(clean_redis, job_id) for job_id in batched] == [job_record(clean_redis, alone)] * 3
+    assert queue.started_job_registry.count == 0
+    assert int(clean_redis.hget(worker.key, "successful_job_count") or 0) == 3
+    assert "recording them one by one" in caplog.text
