@@ -26,7 +26,6 @@ from crawldex.crawls import ReceivedPagesRecorder, reconcile, record_index_end, 
 from crawldex.db.crawls import CrawlRepository
 from crawldex.db.database import Database
 from crawldex.db.migrate import upgrade
-from crawldex.errors import DependencyUnavailableError
 from crawldex.models import PageDocument, utc_now
 from crawldex.services import Services
 from crawldex.urls import canonicalize_url
@@ -355,6 +354,7 @@ async def test_concurrent_deliveries_are_written_together(crawl_database_url: st
             *(recorder.record(crawl_id, [(p, job)]) for p, job, crawl_id in pages),
             recorder.record(CRAWL_ID, [(again, "job-again")]),
         )
+        await recorder.flush()
         # All 41 arrived before the writer's first turn: batches of at most 16, in arrival order.
         assert crawls.writes == [16, 16, 9]
         first, second = await crawls.summary(CRAWL_ID), await crawls.summary("crawl-two")
@@ -372,15 +372,99 @@ async def test_concurrent_deliveries_are_written_together(crawl_database_url: st
         await database.dispose()
 
 
-async def test_every_waiting_delivery_gets_the_write_error() -> None:
-    database = Database.connect("postgresql+asyncpg://postgres@127.0.0.1:1/none")
-    recorder = ReceivedPagesRecorder(CrawlRepository(database))
+class HeldCrawls(CrawlRepository):
+    """The real repository, whose writes wait until ``release`` is set (a slow database)."""
+
+    release: asyncio.Event
+    writes: list[int]
+
+    async def record_deliveries(self, deliveries: Any, **kwargs: Any) -> None:
+        self.writes.append(len(deliveries))
+        await self.release.wait()
+        await super().record_deliveries(deliveries, **kwargs)
+
+
+def held_crawls(database: Database) -> HeldCrawls:
+    crawls = HeldCrawls(database)
+    crawls.release, crawls.writes = asyncio.Event(), []
+    return crawls
+
+
+async def test_a_webhook_does_not_wait_for_its_pages_record(crawl_database_url: str) -> None:
+    database = Database.connect(crawl_database_url)
+    crawls = held_crawls(database)
+    recorder = ReceivedPagesRecorder(crawls)
     try:
-        results = await asyncio.gather(
-            *(recorder.record(CRAWL_ID, [(page(f"/e{i}"), f"job-e{i}")]) for i in range(5)),
-            return_exceptions=True,
+        await asyncio.wait_for(recorder.record(CRAWL_ID, [(page("/w1"), "job-w1")]), 5)
+        await asyncio.wait_for(recorder.record(CRAWL_ID, [(page("/w2"), "job-w2")]), 5)
+        flushed = asyncio.ensure_future(recorder.flush())
+        await asyncio.sleep(0.05)
+        assert not flushed.done()  # the first write is held: both records returned before it
+        assert crawls.writes == [1]
+        crawls.release.set()
+        await asyncio.wait_for(flushed, 10)
+        assert crawls.writes == [1, 1]  # the second arrived while the first was in flight
+        summary = await crawls.summary(CRAWL_ID)
+        assert summary is not None
+        assert (summary.pages_received, summary.pages_pending) == (2, 2)
+    finally:
+        await database.dispose()
+
+
+async def test_a_database_behind_by_more_than_the_limit_slows_webhooks_down(crawl_database_url: str) -> None:
+    database = Database.connect(crawl_database_url)
+    crawls = held_crawls(database)
+    recorder = ReceivedPagesRecorder(crawls, max_waiting=2)
+    try:
+        await recorder.record(CRAWL_ID, [(page("/b0"), "job-b0")])  # taken by the held write
+        await asyncio.sleep(0)
+        for number in (1, 2):  # in line, up to the limit
+            await asyncio.wait_for(recorder.record(CRAWL_ID, [(page(f"/b{number}"), f"job-b{number}")]), 5)
+        third = asyncio.ensure_future(recorder.record(CRAWL_ID, [(page("/b3"), "job-b3")]))
+        await asyncio.sleep(0.05)
+        assert not third.done()  # over the limit: it waits for its own write
+        crawls.release.set()
+        await asyncio.wait_for(third, 10)
+        summary = await crawls.summary(CRAWL_ID)
+        assert summary is not None
+        assert summary.pages_received == 4
+    finally:
+        await database.dispose()
+
+
+async def test_pages_in_line_at_shutdown_are_written_before_the_database_closes(
+    settings: Settings, embedder: LocalModelEmbedder, fresh_database: str
+) -> None:
+    services = await Services.start(settings, embedder=embedder)
+    crawls = held_crawls(services.database)
+    services.received_pages = ReceivedPagesRecorder(crawls)
+    await services.received_pages.record(CRAWL_ID, [(page("/s1"), "job-s1")])
+    asyncio.get_running_loop().call_later(0.2, crawls.release.set)  # a write still in flight at shutdown
+
+    await services.aclose()
+
+    database = Database.connect(fresh_database)
+    try:
+        summary = await CrawlRepository(database).summary(CRAWL_ID)
+        assert summary is not None
+        assert summary.pages_received == 1
+    finally:
+        await database.dispose()
+
+
+async def test_a_write_that_fails_is_logged_and_leaves_nobody_waiting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    database = Database.connect("postgresql+asyncpg://postgres@127.0.0.1:1/none")
+    recorder = ReceivedPagesRecorder(CrawlRepository(database), max_waiting=2)
+    try:
+        await asyncio.wait_for(
+            asyncio.gather(*(recorder.record(CRAWL_ID, [(page(f"/e{i}"), f"job-e{i}")]) for i in range(5))),
+            30,
         )
-        assert all(isinstance(result, DependencyUnavailableError) for result in results), results
+        await asyncio.wait_for(recorder.flush(), 30)
+        assert "could not record" in caplog.text
+        assert CRAWL_ID in caplog.text
     finally:
         await database.dispose()
 

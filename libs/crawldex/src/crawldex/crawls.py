@@ -113,18 +113,27 @@ async def record_received(
 
 
 class ReceivedPagesRecorder:
-    """Records the pages webhooks bring, as `record_received` does, writing concurrent deliveries together.
+    """Records the pages webhooks bring, as `record_received` does, behind the requests that brought them.
 
-    A write starts on the event loop's next turn with every delivery waiting by then; deliveries that arrive
-    while it is in flight go together in the next one (one transaction, one round trip), so a burst of
-    webhooks costs the database a few writes instead of one each, and a lone webhook waits for nobody.
-    Each caller returns once its own pages are committed, or gets the error of the write that carried them.
-    Bound to the event loop it is first used on (the API's).
+    A webhook's answer waits for its jobs (in Redis), not for this bookkeeping: `record` puts the pages in
+    line and returns, and a writer task on the event loop writes everything in line in one transaction, then
+    whatever arrived meanwhile, so a burst of webhooks costs the database a few writes instead of one each.
+    Nothing depends on a write's timing: the writes and the index jobs' own records land in either order
+    (`CrawlRepository.record_deliveries`), and a write that fails is logged and its pages are left to their
+    jobs, which record each page when they end (only ``pending`` is lost meanwhile).
+
+    At most ``max_waiting`` deliveries wait: past that (the database slow or hanging), `record` waits for
+    its own write, so memory stays bounded and webhooks slow down instead. `flush` waits until everything
+    in line is written: before a crawl's summary is read or its reconciliation queued (a client reads what
+    it sent to this replica), and at shutdown. Bound to the event loop it is first used on (the API's).
     """
 
-    def __init__(self, crawls: CrawlRepository, *, max_deliveries_per_write: int = 200) -> None:
+    def __init__(
+        self, crawls: CrawlRepository, *, max_deliveries_per_write: int = 200, max_waiting: int = 10_000
+    ) -> None:
         self._crawls = crawls
         self._max = max_deliveries_per_write
+        self._max_waiting = max_waiting
         self._waiting: list[tuple[str, list[PageDelivery], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -135,26 +144,36 @@ class ReceivedPagesRecorder:
         self._waiting.append((crawl_id, [_delivery(page, job_id) for page, job_id in pages], written))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_waiting())
-        await written
+        if len(self._waiting) > self._max_waiting:
+            await asyncio.shield(written)  # a caller that gives up must not cancel the write
+
+    async def flush(self) -> None:
+        """Return once every delivery in line when called (and any arriving meanwhile) is written or given up."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
 
     async def _write_waiting(self) -> None:
         while self._waiting:
             batch, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
             try:
                 await self._crawls.record_deliveries([(crawl_id, pages) for crawl_id, pages, _ in batch])
-            except Exception as exc:
-                for *_, written in batch:
-                    if not written.done():  # a caller that gave up (its request was cancelled) is gone
-                        written.set_exception(exc)
+            except Exception:
+                crawl_ids = sorted({crawl_id for crawl_id, _, _ in batch})
+                log.exception(
+                    "could not record %d received pages of crawls %s; their index jobs record them when "
+                    "they end",
+                    sum(len(pages) for _, pages, _ in batch),
+                    ", ".join(crawl_ids[:5])
+                    + (f" and {len(crawl_ids) - 5} more" if len(crawl_ids) > 5 else ""),
+                )
             except BaseException:  # cancelled (shutdown): nobody may wait forever
                 for *_, written in [*batch, *self._waiting]:
                     written.cancel()
                 self._waiting = []
                 raise
-            else:
-                for *_, written in batch:
-                    if not written.done():
-                        written.set_result(None)
+            for *_, written in batch:
+                if not written.done():
+                    written.set_result(None)
 
 
 async def record_index_end(

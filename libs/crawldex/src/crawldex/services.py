@@ -40,6 +40,7 @@ from crawldex.telemetry.metrics import TEI_RESPONSES
 
 log = logging.getLogger(__name__)
 HEALTH_CHECK_TIMEOUT_SECONDS = 5.0
+RECORD_FLUSH_SECONDS = 10  # at shutdown, for the received pages still in line (`ReceivedPagesRecorder`)
 
 
 def index_signature(settings: Settings, info: EmbedderInfo, keyword_stemmer: str) -> str:
@@ -237,6 +238,13 @@ class Services:
         return dict(zip(names, results, strict=True))
 
     async def aclose(self) -> None:
+        try:
+            await asyncio.wait_for(self.received_pages.flush(), RECORD_FLUSH_SECONDS)
+        except TimeoutError:
+            log.error(
+                "received pages still unwritten after %d s at shutdown: left to their jobs",
+                RECORD_FLUSH_SECONDS,
+            )
         await self.database.dispose()
         await self.async_redis.aclose()
         self.queue.connection.close()

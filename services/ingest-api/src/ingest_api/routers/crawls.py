@@ -58,6 +58,7 @@ def _response(summary: CrawlSummary, *, reconciliation_enabled: bool) -> CrawlRe
     summary="A crawl's status and page counts (received, recovered, indexed, failed, pending)",
 )
 async def get_crawl(services: ServicesDep, settings: SettingsDep, crawl_id: CrawlId) -> CrawlResponse:
+    await services.received_pages.flush()  # what was sent to this replica is in the answer
     summary = await services.crawls.summary(crawl_id)
     if summary is None:
         raise HTTPException(

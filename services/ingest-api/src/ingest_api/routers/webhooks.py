@@ -107,13 +107,8 @@ async def _accept(delivery: FirecrawlDelivery, response: Response, services: Ser
     )
     job_ids = [job.job_id for job in enqueued]
     deduplicated = sum(job.deduplicated for job in enqueued)
-    try:
-        await services.received_pages.record(
-            delivery.crawl_id, list(zip(delivery.pages, job_ids, strict=True))
-        )
-    except DependencyUnavailableError:
-        # The pages are queued, and each index job records its page when it ends: only "pending" is lost.
-        log.exception("could not record the pages of Firecrawl crawl %s", delivery.crawl_id)
+    # Written behind the answer; each index job records its page when it ends, whatever becomes of this.
+    await services.received_pages.record(delivery.crawl_id, list(zip(delivery.pages, job_ids, strict=True)))
     change_event_ids: list[int] = []
     for change in delivery.monitor_changes:
         event, job_id, _ = await open_change(
@@ -145,13 +140,12 @@ async def _accept(delivery: FirecrawlDelivery, response: Response, services: Ser
             # The pages are queued; only the bookkeeping of the failed ones is lost. Say so, loudly.
             log.exception("could not record the failed pages of Firecrawl crawl %s", delivery.crawl_id)
     # crawl.completed / batch_scrape.completed: read the results back, for pages whose webhook was lost.
-    reconciliation = (
-        await asyncio.to_thread(
+    reconciliation = None
+    if completion_kind(delivery.event_type) is not None:
+        await services.received_pages.flush()  # the pages this replica received are known to it first
+        reconciliation = await asyncio.to_thread(
             schedule_on_completion, services.queue, services.settings, delivery.event_type, delivery.crawl_id
         )
-        if completion_kind(delivery.event_type) is not None
-        else None
-    )
     if job_ids:
         result_status = "queued"
     else:
