@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from rq import Queue
 from rq.serializers import JSONSerializer
@@ -452,11 +453,16 @@ async def test_pages_in_line_at_shutdown_are_written_before_the_database_closes(
         await database.dispose()
 
 
+def failed_records() -> float:
+    return REGISTRY.get_sample_value("crawldex_received_page_records_failed_total") or 0.0
+
+
 async def test_a_write_that_fails_is_logged_and_leaves_nobody_waiting(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     database = Database.connect("postgresql+asyncpg://postgres@127.0.0.1:1/none")
     recorder = ReceivedPagesRecorder(CrawlRepository(database), max_waiting=2)
+    failed_before = failed_records()
     try:
         await asyncio.wait_for(
             asyncio.gather(*(recorder.record(CRAWL_ID, [(page(f"/e{i}"), f"job-e{i}")]) for i in range(5))),
@@ -465,6 +471,7 @@ async def test_a_write_that_fails_is_logged_and_leaves_nobody_waiting(
         await asyncio.wait_for(recorder.flush(), 30)
         assert "could not record" in caplog.text
         assert CRAWL_ID in caplog.text
+        assert failed_records() == failed_before + 5
     finally:
         await database.dispose()
 

@@ -37,7 +37,7 @@ from crawldex.db.database import Database
 from crawldex.db.tables import CrawlPageState, ReconciliationOutcome
 from crawldex.errors import ConfigurationError, InvalidDocumentError
 from crawldex.models import PageDocument
-from crawldex.telemetry.metrics import RECONCILED_PAGES, RECONCILIATIONS
+from crawldex.telemetry.metrics import RECEIVED_PAGE_RECORDS_FAILED, RECONCILED_PAGES, RECONCILIATIONS
 from crawldex.urls import canonicalize_url
 from crawldex.webhooks.firecrawl import read_documents
 
@@ -159,10 +159,12 @@ class ReceivedPagesRecorder:
                 await self._crawls.record_deliveries([(crawl_id, pages) for crawl_id, pages, _ in batch])
             except Exception:
                 crawl_ids = sorted({crawl_id for crawl_id, _, _ in batch})
+                pages_lost = sum(len(pages) for _, pages, _ in batch)
+                RECEIVED_PAGE_RECORDS_FAILED.inc(pages_lost)
                 log.exception(
                     "could not record %d received pages of crawls %s; their index jobs record them when "
                     "they end",
-                    sum(len(pages) for _, pages, _ in batch),
+                    pages_lost,
                     ", ".join(crawl_ids[:5])
                     + (f" and {len(crawl_ids) - 5} more" if len(crawl_ids) > 5 else ""),
                 )

@@ -147,6 +147,11 @@ RECONCILED_PAGES = Counter(
     "indexing) or failed (recorded as failed pages).",
     ["result"],
 )
+RECEIVED_PAGE_RECORDS_FAILED = Counter(
+    "crawldex_received_page_records_failed",
+    "Pages a webhook brought whose crawl record (pending) could not be written; their index jobs record "
+    "them when they end.",
+)
 
 # Queue state, read from Redis at scrape time by `crawldex.telemetry.queue_metrics.QueueCollector`
 # (ingest-api serves it; every replica reports the same values, so dashboards take max by queue):
