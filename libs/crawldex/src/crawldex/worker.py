@@ -360,8 +360,9 @@ class CrawldexWorker(SimpleWorker):
     def _record_success(self, job: Job, execution: Execution, pipeline: redis.client.Pipeline) -> None:
         """What RQ's `handle_job_success` writes for a job without dependents, on ``pipeline``."""
         self.increment_successful_job_count(pipeline=pipeline)
-        if job.started_at is not None and job.ended_at is not None:
-            self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
+        took = _took(job)
+        if took is not None:
+            self.increment_total_working_time(took, pipeline)
         result_ttl = job.get_result_ttl(self.default_result_ttl)
         if result_ttl != 0:
             job._handle_success(
