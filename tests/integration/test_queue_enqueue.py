@@ -14,6 +14,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from crawldex.adapters.queue import INDEX_JOB, JobQueue
+from crawldex.adapters.rate_limit import RateCharge, RateLimit, RateLimitedError, bucket_key
 from crawldex.config import QUEUE_INDEXING, Settings
 from crawldex.errors import DependencyUnavailableError
 from crawldex.models import PageDocument
@@ -168,3 +169,32 @@ async def test_redis_away_is_a_dependency_error(settings: Settings) -> None:
         await queue.enqueue_pages([PAGE], delivery_id="delivery-1", meta=META)
     assert raised.value.dependency == "redis"
     await unreachable.aclose()
+
+
+@pytest.mark.parametrize("with_async_connection", [True, False])
+async def test_a_rate_charge_is_counted_with_the_jobs_and_a_refused_one_queues_nothing(
+    queue: JobQueue, clean_redis: redis.Redis, settings: Settings, with_async_connection: bool
+) -> None:
+    if not with_async_connection:
+        queue = JobQueue(clean_redis, settings)
+    other = PageDocument(url="https://queue.example/b", markdown="# B")
+    limit = RateLimit(per_minute=1, burst=2)
+    charges = [RateCharge(bucket_key("webhook", "addr:192.0.2.1"), limit) for _ in range(3)]
+
+    first = await queue.enqueue_pages([PAGE, other], delivery_id="delivery-1", meta=META, charge=charges[0])
+    replay = await queue.enqueue_pages([PAGE, other], delivery_id="delivery-1", meta=META, charge=charges[1])
+    with pytest.raises(RateLimitedError) as refused:
+        await queue.enqueue_pages([PAGE], delivery_id="delivery-2", meta=META, charge=charges[2])
+
+    assert [job.deduplicated for job in first] == [False, False]
+    assert [job.deduplicated for job in replay] == [True, True]  # a replay is charged all the same
+    assert [(c.decision.allowed, c.decision.remaining) for c in charges if c.decision] == [
+        (True, 1),
+        (True, 0),
+        (False, 0),
+    ]
+    assert refused.value.decision is charges[2].decision
+    assert refused.value.decision.retry_after_seconds >= 1
+    assert clean_redis.llen(f"rq:queue:{QUEUE_INDEXING}") == 2
+    refused_job = queue.enqueue_index(PAGE, delivery_id="delivery-2")  # its id, now queued without a charge
+    assert not refused_job.deduplicated  # nothing of the refused delivery had been written

@@ -21,10 +21,10 @@ from prometheus_client import REGISTRY
 
 from crawldex.adapters.local_model import LocalModelEmbedder
 from crawldex.adapters.rate_limit import MICROSECONDS, RateLimit, RedisRateLimiter
-from crawldex.config import Settings
+from crawldex.config import QUEUE_INDEXING, Settings
 from ingest_api.app import create_app
 from tests.conftest import TEST_REDIS_URL, fixture_bytes
-from tests.integration.test_api import AUTH, post_webhook
+from tests.integration.test_api import AUTH, page_body, post_webhook
 
 WEBHOOK_BODY = fixture_bytes("firecrawl", "v2_crawl_page.json")
 LIMIT_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "RateLimit-Policy")
@@ -189,6 +189,48 @@ def test_webhooks_are_exempt_from_the_api_limit_and_limited_by_their_own(client:
     assert client.post("/api/webhook/changedetection", json={"url": "https://a.example/"}).status_code == 429
 
 
+def test_a_delivery_is_counted_with_its_jobs_and_one_refused_queues_nothing(
+    client: TestClient, clean_redis: redis.Redis
+) -> None:
+    delivered = [post_webhook(client, page_body(f"https://limit.example/{i}", "# Page")) for i in range(4)]
+    assert [d.status_code for d in delivered] == [202] * 4
+    assert [d.headers["RateLimit-Remaining"] for d in delivered] == ["3", "2", "1", "0"]
+    queued = clean_redis.llen(f"rq:queue:{QUEUE_INDEXING}")
+    assert queued == 4
+
+    refused = post_webhook(client, page_body("https://limit.example/over", "# Over the limit"))
+    assert refused.status_code == 429
+    assert set(refused.json()) == {"detail"}
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert all(name in refused.headers for name in LIMIT_HEADERS)
+    assert refused.headers["RateLimit-Remaining"] == "0"
+    assert clean_redis.llen(f"rq:queue:{QUEUE_INDEXING}") == queued  # its job was never written
+
+
+def test_every_firecrawl_answer_counts_against_the_webhook_limit(client: TestClient) -> None:
+    """Rejected and page-less deliveries are counted on their own: a sender cannot get past its limit by
+    sending what queues nothing."""
+    before = counter("crawldex_webhooks_rejected_total", source="firecrawl", reason="rate_limited")
+    answers = [
+        post_webhook(client, WEBHOOK_BODY, signature="sha256=" + "0" * 64),  # 401
+        post_webhook(client, b"{not json"),  # 400
+        post_webhook(client, fixture_bytes("firecrawl", "crawl_started.json")),  # 200
+        post_webhook(client, WEBHOOK_BODY),  # 202
+    ]
+    assert [a.status_code for a in answers] == [401, 400, 200, 202]
+    assert [a.headers["RateLimit-Remaining"] for a in answers] == ["3", "2", "1", "0"]
+    for over in (
+        post_webhook(client, WEBHOOK_BODY, signature="sha256=" + "0" * 64),
+        post_webhook(client, fixture_bytes("firecrawl", "crawl_started.json")),
+        post_webhook(client, page_body("https://limit.example/new", "# New")),
+    ):
+        assert over.status_code == 429, over.text
+        assert "webhook deliveries" in over.json()["detail"]
+    assert (
+        counter("crawldex_webhooks_rejected_total", source="firecrawl", reason="rate_limited") == before + 3
+    )
+
+
 def test_wrong_tokens_are_counted_by_address_and_cannot_buy_fresh_buckets(client: TestClient) -> None:
     for attempt in range(3):
         answer = client.get("/api/change-events", headers={"Authorization": f"Bearer guess-{attempt}"})
@@ -237,14 +279,19 @@ def test_unreachable_redis_fails_open_without_500s(
         answers = [client.get("/api/change-events", headers=AUTH) for _ in range(8)]
         assert [a.status_code for a in answers] == [200] * 8
         assert all("RateLimit-Limit" not in a.headers for a in answers)
-        # The webhook needs Redis itself (it enqueues): 503 with Retry-After, never 500.
+        # A delivery of pages is counted with its jobs, which need Redis: 503 with Retry-After, never 500
+        # (nothing was let through unchecked, so nothing failed open).
         for _ in range(6):
             refused = post_webhook(client, WEBHOOK_BODY)
             assert refused.status_code == 503, refused.text
             assert refused.headers["Retry-After"]
             assert "redis" in refused.json()["detail"]
+        # A delivery without pages is counted on its own, and goes through unchecked.
+        started = post_webhook(client, fixture_bytes("firecrawl", "crawl_started.json"))
+        assert started.status_code == 200, started.text
+        assert "RateLimit-Limit" not in started.headers
     assert counter("crawldex_rate_limit_fail_open_total", limit="api") == before + 8
-    assert counter("crawldex_rate_limit_fail_open_total", limit="webhook") == webhook_before + 6
+    assert counter("crawldex_rate_limit_fail_open_total", limit="webhook") == webhook_before + 1
     warnings = [r for r in caplog.records if r.name == "ingest_api.rate_limit"]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]  # once per interval, not per request
     assert "Redis did not answer" in warnings[0].getMessage()

@@ -28,6 +28,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import now as rq_now
 from rq.utils import utcformat
 
+from crawldex.adapters.rate_limit import GCRA_LUA_FUNCTION, RateCharge, RateLimitedError
 from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE, Settings
 from crawldex.errors import DependencyUnavailableError
 from crawldex.models import PageDocument, utc_now
@@ -44,22 +45,45 @@ RECONCILE_JOB = "crawldex.jobs.reconcile_crawl"
 _PENDING = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 _PENDING_OR_DONE = {*_PENDING, JobStatus.FINISHED}
 # The fields of RQ's job hash (`Job.to_dict`) that differ from one job of a kind to the next.
+_serialized: Callable[[Any], bytes] = JSONSerializer.dumps  # how RQ writes a job's data and meta
 _OWN_FIELDS = frozenset({"created_at", "enqueued_at", "data", "description", "meta", "retry_intervals"})
 
-# What RQ's `Queue.enqueue(..., unique=True)` writes, in one script run instead of RQ's two round trips (a
-# pipeline registering the queue, then its own Lua script), so that a caller can send it in a pipeline:
-# unless the job's hash exists, write it, push its id on the queue and register the queue in rq:queues.
-# Returns 1 when the job was queued, 0 when a job of that id exists. The job's fields are RQ's own
-# (`Job.to_dict`); tests/integration/test_queue_enqueue.py compares them with RQ's enqueue.
-_UNIQUE_ENQUEUE = """
-if redis.call("EXISTS", KEYS[1]) == 1 then
-    return 0
+# What RQ's `Queue.enqueue(..., unique=True)` writes, for each job of a delivery in one script run (RQ takes
+# two round trips a job: a pipeline registering the queue, then its own Lua script): unless the job's hash
+# exists, write it, push its id on the queue and register the queue in rq:queues. With a rate charge (a
+# webhook's limit, counted with its jobs: one round trip for both) nothing is written if it is refused.
+# KEYS: the queue, rq:queues, each job's hash, then the charge's bucket if any. ARGV: the number of jobs, the
+# charge's interval and capacity ("" without one), then for each job its id, its number of hash fields and
+# the fields (RQ's own, `Job.to_dict`; tests/integration/test_queue_enqueue.py compares them with RQ's).
+# Returns the charge's answer ({1, 0, 0} without one; see `gcra`), then for each job 1 if it was queued and
+# 0 if a job of that id exists; after a refusal, the charge's answer alone.
+_ENQUEUE_UNIQUE = (
+    GCRA_LUA_FUNCTION
+    + """
+local jobs = tonumber(ARGV[1])
+local answer = {1, 0, 0}
+if ARGV[2] ~= "" then
+    answer = gcra(KEYS[jobs + 3], ARGV[2], ARGV[3])
+    if answer[1] == 0 then
+        return answer
+    end
 end
-redis.call("HSET", KEYS[1], unpack(ARGV, 2))
-redis.call("RPUSH", KEYS[2], ARGV[1])
-redis.call("SADD", KEYS[3], KEYS[2])
-return 1
+local at = 4
+for i = 1, jobs do
+    local fields = tonumber(ARGV[at + 1])
+    if redis.call("EXISTS", KEYS[i + 2]) == 1 then
+        answer[i + 3] = 0
+    else
+        redis.call("HSET", KEYS[i + 2], unpack(ARGV, at + 2, at + 1 + fields))
+        redis.call("RPUSH", KEYS[1], ARGV[at])
+        redis.call("SADD", KEYS[2], KEYS[1])
+        answer[i + 3] = 1
+    end
+    at = at + 2 + fields
+end
+return answer
 """
+)
 
 
 @dataclass(frozen=True)
@@ -200,41 +224,53 @@ class JobQueue:
         return EnqueuedJob(job_id=spec.job_id, url=page.url, deduplicated=self._enqueue(spec, meta))
 
     async def enqueue_pages(
-        self, pages: Sequence[PageDocument], *, delivery_id: str | None, meta: dict[str, Any] | None
+        self,
+        pages: Sequence[PageDocument],
+        *,
+        delivery_id: str | None,
+        meta: dict[str, Any] | None,
+        charge: RateCharge | None = None,
     ) -> list[EnqueuedJob]:
         """`enqueue_index` for each of one delivery's pages, from an event loop, in one round trip to Redis.
 
-        A page whose job id exists is looked up (one more round trip): joined while that job is pending or
-        done, and only in the rare case of a job that failed for good (or was stopped) handed to
-        `enqueue_index`, in a thread, which replaces it.
+        With ``charge`` (the webhook's rate limit) the request is counted in that same round trip, and if the
+        charge is refused nothing is queued: `RateLimitedError`. A page whose job id exists is looked up (one
+        more round trip): joined while that job is pending or done, and only in the rare case of a job that
+        failed for good (or was stopped) handed to `enqueue_index`, in a thread, which replaces it.
         """
-        async_connection = self._async_connection
-        if async_connection is None:
-            return await asyncio.to_thread(
-                lambda: [self.enqueue_index(page, delivery_id=delivery_id, meta=meta) for page in pages]
-            )
+        if not pages:
+            return []
         specs = [self._index_spec(page, delivery_id, None) for page in pages]
+        async_connection = self._async_connection
         with self._enqueue_span(QUEUE_INDEXING, [spec.job_id for spec in specs]):
-            commands = [self._unique_enqueue_command(spec, meta) for spec in specs]
-            if len(commands) == 1:  # most deliveries: sent as it is, a fifth less CPU than in a pipeline
-                queued = [await async_connection.eval(*commands[0])]
+            command = self._enqueue_command(specs, meta, charge)  # in the span: the jobs carry it as parent
+            if async_connection is not None:
+                answer = await async_connection.eval(*command)
             else:
-                pipe = async_connection.pipeline(transaction=False)
-                for command in commands:
-                    pipe.eval(*command)
-                queued = await pipe.execute()
+                answer = await asyncio.to_thread(self.connection.eval, *command)
+            if charge is not None:
+                decision = charge.counted(answer[:3])
+                if not decision.allowed:
+                    raise RateLimitedError(decision)
             enqueued: list[EnqueuedJob] = []
-            for spec, page, was_queued in zip(specs, pages, queued, strict=True):
+            for spec, page, was_queued in zip(specs, pages, answer[3:], strict=True):
                 if was_queued:
                     JOBS_ENQUEUED.labels(spec.queue).inc()
                     deduplicated = False
                 else:
-                    status = await async_connection.hget(Job.key_for(spec.job_id), "status")
-                    deduplicated = self._joins(spec, status)
-                    if not deduplicated:
-                        deduplicated = await asyncio.to_thread(self._enqueue_unique, spec, meta)
+                    deduplicated = await self._join_or_replace(spec, meta)
                 enqueued.append(EnqueuedJob(job_id=spec.job_id, url=page.url, deduplicated=deduplicated))
             return enqueued
+
+    async def _join_or_replace(self, spec: _JobSpec, meta: dict[str, Any] | None) -> bool:
+        """A job of this one's id exists: joined (True) if it stands for this one, else replaced, in a thread."""
+        if self._async_connection is not None:
+            status = await self._async_connection.hget(Job.key_for(spec.job_id), "status")
+        else:
+            status = await asyncio.to_thread(self.connection.hget, Job.key_for(spec.job_id), "status")
+        if self._joins(spec, status):
+            return True
+        return await asyncio.to_thread(self._enqueue_unique, spec, meta)
 
     def _index_spec(
         self, page: PageDocument, delivery_id: str | None, change_event_id: int | None
@@ -361,7 +397,7 @@ class JobQueue:
             if spec.delay_seconds > 0:
                 queued = self._schedule_unique(spec, self._queued_job(spec, meta))
             else:
-                queued = bool(self.connection.eval(*self._unique_enqueue_command(spec, meta)))
+                queued = bool(self.connection.eval(*self._enqueue_command([spec], meta, None))[3])
             if queued:
                 JOBS_ENQUEUED.labels(spec.queue).inc()
                 return False
@@ -408,11 +444,30 @@ class JobQueue:
     def _meta(meta: dict[str, Any] | None) -> dict[str, Any]:
         return {**(meta or {}), TRACE_META_KEY: inject_context()}
 
-    def _unique_enqueue_command(self, spec: _JobSpec, meta: dict[str, Any] | None) -> tuple[Any, ...]:
-        """The arguments of EVAL for `_UNIQUE_ENQUEUE` (sent by a client or queued on a pipeline): the job's
-        hash exactly as RQ's `Job.to_dict` writes it, without an RQ `Job` for each page (its construction
-        and `to_dict` were a tenth of a webhook's CPU). The fields every job of a kind shares come from
-        one job RQ built; this job's own are made here with RQ's serializer and time format."""
+    def _enqueue_command(
+        self, specs: Sequence[_JobSpec], meta: dict[str, Any] | None, charge: RateCharge | None
+    ) -> tuple[Any, ...]:
+        """The arguments of EVAL for `_ENQUEUE_UNIQUE`: ``specs`` (all of one queue) and ``charge``, if any."""
+        (queue,) = {spec.queue for spec in specs}
+        keys = [
+            self._queues[queue].key,
+            Queue.redis_queues_keys,
+            *(Job.key_for(spec.job_id) for spec in specs),
+        ]
+        args: list[Any] = [len(specs), "", ""]
+        if charge is not None:
+            keys.append(charge.key)
+            args[1:] = [charge.limit.interval_us, charge.limit.capacity_us]
+        for spec in specs:
+            fields = self._job_fields(spec, meta)
+            args += [spec.job_id, len(fields), *fields]
+        return (_ENQUEUE_UNIQUE, len(keys), *keys, *args)
+
+    def _job_fields(self, spec: _JobSpec, meta: dict[str, Any] | None) -> list[Any]:
+        """The job's hash exactly as RQ's `Job.to_dict` writes it, as names and values, without an RQ `Job` for
+        each page (its construction and `to_dict` were a tenth of a webhook's CPU). The fields every job of a
+        kind shares come from one job RQ built; this job's own are made here with RQ's serializer and time
+        format."""
         shared_key = (spec.queue, spec.function, spec.timeout, spec.retries)
         shared = self._shared_fields.get(shared_key)
         if shared is None:
@@ -431,16 +486,15 @@ class JobQueue:
             "enqueued_at",
             now,
             "data",
-            zlib.compress(JSONSerializer.dumps((spec.function, None, spec.args, {}))),
+            zlib.compress(_serialized((spec.function, None, spec.args, {}))),
             "description",
             spec.description,
             "meta",
-            JSONSerializer.dumps(self._meta(meta)),
+            _serialized(self._meta(meta)),
         ]
         if spec.retries > 0:
             own += ["retry_intervals", json.dumps(self._jittered(spec.intervals))]
-        keys = (Job.key_for(spec.job_id), self._queues[spec.queue].key, Queue.redis_queues_keys)
-        return (_UNIQUE_ENQUEUE, len(keys), *keys, spec.job_id, *own, *shared)
+        return own + shared
 
     def _schedule_unique(self, spec: _JobSpec, job: Job) -> bool:
         """Into the scheduled registry unless the job id exists (RQ's `enqueue_in` is never unique)."""

@@ -5,7 +5,9 @@ a client may send ``burst`` requests at once, then one request every ``60 / per_
 each client's *theoretical arrival time* (TAT) in microseconds; a request is admitted when admitting it
 would not push the TAT more than ``burst`` intervals past now. One EVALSHA per request reads the clock
 (Redis's ``TIME``, so replicas with skewed clocks agree), decides, stores the new TAT with an expiry, and
-returns everything the HTTP answer needs (remaining requests, when to retry, when the bucket is full).
+returns everything the HTTP answer needs (remaining requests, when to retry, when the bucket is full). The
+algorithm is a Lua function (`GCRA_LUA_FUNCTION`), so that a script doing a request's own work in Redis can
+count the request in the same round trip (`RateCharge`; the job queue's enqueue of a webhook's pages).
 
 Why not a library: ``limits`` (the well-kept Python option) offers fixed, moving and sliding-window
 counters whose ``hit`` answers only allowed-or-not; the remaining quota and the reset time need a second
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,29 +38,34 @@ from crawldex.errors import DependencyUnavailableError
 KEY_PREFIX = "crawldex:ratelimit"
 MICROSECONDS = 1_000_000
 
-# KEYS[1]: the client's TAT key. ARGV: interval (µs per request), capacity (burst x interval, µs), and
-# optionally "now" in µs (tests drive the clock; production uses the server's). Returns
-# {allowed (1/0), µs until the bucket is full again, µs until a request would be admitted (0 if allowed)}.
-_GCRA_SCRIPT = """
-local interval = tonumber(ARGV[1])
-local capacity = tonumber(ARGV[2])
-local now
-if ARGV[3] then
-  now = tonumber(ARGV[3])
-else
-  local clock = redis.call('TIME')
-  now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+# `gcra(key, interval, capacity, now)`: key is the client's TAT key; interval (µs per request) and capacity
+# (burst x interval, µs) are numbers or their strings; now in µs, or nil for the server's clock (tests drive
+# the clock; production uses the server's). Returns {allowed (1/0), µs until the bucket is full again, µs
+# until a request would be admitted (0 if allowed)}. A Lua function, so that a script doing a request's own
+# work (the job queue's enqueue of a webhook's pages) can charge the request in the same round trip.
+GCRA_LUA_FUNCTION = """
+local function gcra(key, interval, capacity, now)
+  interval = tonumber(interval)
+  capacity = tonumber(capacity)
+  if now then
+    now = tonumber(now)
+  else
+    local clock = redis.call('TIME')
+    now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+  end
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat < now then tat = now end
+  local next_tat = tat + interval
+  local admit_at = next_tat - capacity
+  if admit_at > now then
+    return {0, tat - now, admit_at - now}
+  end
+  redis.call('SET', key, string.format('%d', next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 1)
+  return {1, next_tat - now, 0}
 end
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local next_tat = tat + interval
-local admit_at = next_tat - capacity
-if admit_at > now then
-  return {0, tat - now, admit_at - now}
-end
-redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 1)
-return {1, next_tat - now, 0}
 """
+# KEYS[1]: the client's TAT key. ARGV: interval, capacity, and optionally now (see `gcra`).
+_GCRA_SCRIPT = GCRA_LUA_FUNCTION + "return gcra(KEYS[1], ARGV[1], ARGV[2], ARGV[3])\n"
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,35 @@ class RateDecision:
         )
 
 
+def bucket_key(name: str, identity: str) -> str:
+    """The Redis key of ``identity``'s bucket under the limit called ``name``."""
+    return f"{KEY_PREFIX}:{name}:{identity}"
+
+
+@dataclass
+class RateCharge:
+    """One request to count in its client's bucket, counted once: by `RedisRateLimiter.charge`, or by the script
+    that does the request's own work in Redis (`gcra` inside it: one round trip for both)."""
+
+    key: str
+    limit: RateLimit
+    decision: RateDecision | None = None  # set once counted
+
+    def counted(self, answer: Sequence[Any]) -> RateDecision:
+        """Record what `gcra` answered for this request: ``{allowed, full_in_us, admit_in_us}``."""
+        allowed, full_in_us, admit_in_us = (int(value) for value in answer)
+        self.decision = RateDecision.from_script(self.limit, bool(allowed), full_in_us, admit_in_us)
+        return self.decision
+
+
+class RateLimitedError(Exception):
+    """The request's charge was refused; none of its work was done."""
+
+    def __init__(self, decision: RateDecision) -> None:
+        super().__init__(f"rate limited: retry in {decision.retry_after_seconds} s")
+        self.decision = decision
+
+
 class RedisRateLimiter:
     """One GCRA bucket per (limit name, client identity) in Redis."""
 
@@ -134,18 +171,22 @@ class RedisRateLimiter:
         self, name: str, identity: str, limit: RateLimit, *, now_us: int | None = None
     ) -> RateDecision:
         """Count one request of ``identity`` against ``limit``; raises `DependencyUnavailableError`."""
+        return await self.charge(RateCharge(bucket_key(name, identity), limit), now_us=now_us)
+
+    async def charge(self, charge: RateCharge, *, now_us: int | None = None) -> RateDecision:
+        """Count ``charge`` on its own; raises `DependencyUnavailableError`."""
         if time.monotonic() < self._unavailable_until:
             raise DependencyUnavailableError("redis", "rate limiter: Redis failed recently; not asked")
+        limit = charge.limit
         args: list[Any] = [limit.interval_us, limit.capacity_us]
         if now_us is not None:
             args.append(now_us)
         try:
-            answer = await self._script(keys=[f"{KEY_PREFIX}:{name}:{identity}"], args=args)
+            answer = await self._script(keys=[charge.key], args=args)
         except (RedisError, OSError) as exc:
             self._unavailable_until = time.monotonic() + self._cooldown
             raise DependencyUnavailableError("redis", f"rate limiter: {type(exc).__name__}: {exc}") from exc
-        allowed, full_in_us, admit_in_us = (int(value) for value in answer)
-        return RateDecision.from_script(limit, bool(allowed), full_in_us, admit_in_us)
+        return charge.counted(answer)
 
     async def aclose(self) -> None:
         await self._redis.aclose()

@@ -9,7 +9,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
+from crawldex.adapters.rate_limit import RateCharge, RateLimitedError
 from crawldex.changes import open_change
+from crawldex.config import Settings
 from crawldex.crawls import completion_kind, schedule_on_completion
 from crawldex.errors import DependencyUnavailableError
 from crawldex.services import Services
@@ -27,6 +29,7 @@ from crawldex.webhooks.firecrawl import (
 from crawldex.webhooks.replay import TIMESTAMP_HEADER, StaleDeliveryError, check_delivery_time
 from ingest_api.deps import ServicesDep, SettingsDep
 from ingest_api.errors import problem
+from ingest_api.rate_limit import deferred_charge
 from ingest_api.schemas import (
     CHANGEDETECTION_WEBHOOK_BODY,
     FIRECRAWL_WEBHOOK_BODY,
@@ -75,6 +78,31 @@ async def firecrawl_webhook(
     signature: Annotated[str | None, Header(alias=SIGNATURE_HEADER)] = None,
     timestamp: TimestampHeader = None,
 ) -> WebhookResponse | Response:
+    # The webhook limit is counted with the delivery's jobs when it brings pages (one round trip to Redis);
+    # every other answer counts it on its own first, so a sender over its limit gets 429 either way.
+    deferred = deferred_charge(request)
+    delivery = await _read_delivery(request, settings, signature, timestamp)
+    if deferred is not None and (isinstance(delivery, Response) or not delivery.pages):
+        refusal = await deferred.charge_alone()
+        if refusal is not None:
+            return refusal
+    if isinstance(delivery, Response):
+        return delivery
+    charge = deferred.charge if deferred is not None and deferred.charge.decision is None else None
+    try:
+        return await _accept(delivery, response, services, charge)
+    except RateLimitedError as exc:
+        assert deferred is not None  # only a charge is refused
+        return deferred.refusal(exc.decision)
+    except DependencyUnavailableError:
+        WEBHOOKS_REJECTED.labels(SOURCE, "unavailable").inc()
+        raise
+
+
+async def _read_delivery(
+    request: Request, settings: Settings, signature: str | None, timestamp: str | None
+) -> FirecrawlDelivery | Response:
+    """The delivery, signed and on time; else the problem to answer."""
     secret = settings.firecrawl_webhook_secret.get_secret_value() if settings.firecrawl_webhook_secret else ""
     if not secret:
         WEBHOOKS_REJECTED.labels(SOURCE, "not_configured").inc()
@@ -85,25 +113,23 @@ async def firecrawl_webhook(
     try:
         verify_signature(secret, body, signature)
         check_delivery_time(timestamp, window_seconds=settings.webhook_replay_window_seconds)
-        delivery = parse_delivery(body)
+        return parse_delivery(body)
     except StaleDeliveryError as exc:
         WEBHOOKS_REJECTED.labels(SOURCE, "stale").inc()
         return problem(exc.status_code, exc.reason)
     except WebhookRejectedError as exc:
         WEBHOOKS_REJECTED.labels(SOURCE, "signature" if exc.status_code == 401 else "payload").inc()
         return problem(exc.status_code, exc.reason)
-    try:
-        return await _accept(delivery, response, services)
-    except DependencyUnavailableError:
-        WEBHOOKS_REJECTED.labels(SOURCE, "unavailable").inc()
-        raise
 
 
-async def _accept(delivery: FirecrawlDelivery, response: Response, services: Services) -> WebhookResponse:
+async def _accept(
+    delivery: FirecrawlDelivery, response: Response, services: Services, charge: RateCharge | None
+) -> WebhookResponse:
     enqueued = await services.queue.enqueue_pages(
         delivery.pages,
         delivery_id=delivery.webhook_id,
         meta={"crawl_id": delivery.crawl_id, "webhook_id": delivery.webhook_id, "source": "firecrawl"},
+        charge=charge,
     )
     job_ids = [job.job_id for job in enqueued]
     deduplicated = sum(job.deduplicated for job in enqueued)
