@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from hypothesis.provisional import urls
 
 from crawldex.errors import InvalidDocumentError
-from crawldex.urls import canonicalize_url, document_id, domain_of, point_id
+from crawldex.urls import _normalize_each, canonicalize_url, document_id, domain_of, normalize_path, point_id
 
 
 @pytest.mark.parametrize(
@@ -88,6 +88,14 @@ def test_percent_escapes_normalise_idempotently(path: str) -> None:
     except InvalidDocumentError:
         return
     assert canonicalize_url(once) == once
+
+
+@given(
+    st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40)
+    | st.from_regex(r"[/a-z0-9._~%:@!$&'()*+,;=-]*", fullmatch=True)
+)
+def test_an_already_normal_path_is_returned_as_the_char_by_char_normalisation_would(path: str) -> None:
+    assert normalize_path(path) == _normalize_each(path)
 
 
 # URLs built part by part, each part drawn from arbitrary text: the canonical form is a fixed point.

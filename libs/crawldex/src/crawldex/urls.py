@@ -60,12 +60,20 @@ _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 # Characters a path may hold as they are (RFC 3986: unreserved, sub-delims, ":", "@", "/").
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+# A path of unreserved and safe characters only, no escape: already normal (most paths are).
+_NORMAL_PATH = re.compile(r"[A-Za-z0-9/:@!$&'()*+,;=\-._~]*")
 
 
 def normalize_path(path: str) -> str:
     """RFC 3986 normalisation of a path: escapes of unreserved characters decoded, the other escapes
     upper-cased and kept (``%2F`` is not ``/``, ``%25`` is not ``%``), everything else percent-encoded
     as UTF-8. Idempotent by construction."""
+    if _NORMAL_PATH.fullmatch(path):  # nothing to decode or encode; checked in C, not a char at a time
+        return path
+    return _normalize_each(path)
+
+
+def _normalize_each(path: str) -> str:
     out: list[str] = []
     position = 0
     while position < len(path):
