@@ -110,6 +110,23 @@ def test_unreadable_timestamp_is_a_bad_request(client: TestClient) -> None:
     assert rejected("firecrawl", "payload") == before + 1
 
 
+def test_overlong_timestamp_is_refused_with_its_reason(client: TestClient, clean_redis: redis.Redis) -> None:
+    before = rejected("firecrawl", "payload")
+    answer = deliver(client, page_body(1), timestamp="1" * 65)
+    assert answer.status_code == 422
+    assert "X-Crawldex-Timestamp" in answer.json()["detail"]
+    assert rejected("firecrawl", "payload") == before + 1
+    assert queued(clean_redis, "indexing") == 0
+
+
+def test_the_firecrawl_webhook_documents_the_headers_it_reads(client: TestClient) -> None:
+    operation = client.get("/openapi.json").json()["paths"][WEBHOOK]["post"]
+    headers = {p["name"]: p for p in operation["parameters"] if p["in"] == "header"}
+    assert set(headers) == {"X-Firecrawl-Signature", "X-Crawldex-Timestamp"}
+    assert headers["X-Crawldex-Timestamp"]["schema"]["maxLength"] == 64
+    assert "requestBody" in operation
+
+
 def test_signature_is_checked_before_the_timestamp(client: TestClient) -> None:
     before_signature, before_stale = rejected("firecrawl", "signature"), rejected("firecrawl", "stale")
     answer = deliver(client, page_body(1), timestamp="0", signature="sha256=" + "0" * 64)

@@ -17,9 +17,14 @@ _bearer = HTTPBearer(auto_error=False, description="CRAWLDEX_API_TOKEN")
 # its thread pool, a thread hop per dependency per request (most of a webhook's own CPU time).
 
 
-async def get_services(request: Request) -> Services:
+def services_of(request: Request) -> Services:
+    """The process's services, for a route that reads them itself (see the Firecrawl webhook)."""
     services: Services = request.app.state.services
     return services
+
+
+async def get_services(request: Request) -> Services:
+    return services_of(request)
 
 
 async def get_settings(request: Request) -> Settings:

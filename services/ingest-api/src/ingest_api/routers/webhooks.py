@@ -27,7 +27,7 @@ from crawldex.webhooks.firecrawl import (
     verify_signature,
 )
 from crawldex.webhooks.replay import TIMESTAMP_HEADER, StaleDeliveryError, check_delivery_time
-from ingest_api.deps import ServicesDep, SettingsDep
+from ingest_api.deps import ServicesDep, SettingsDep, services_of
 from ingest_api.errors import problem
 from ingest_api.rate_limit import deferred_charge
 from ingest_api.schemas import (
@@ -44,14 +44,32 @@ router = APIRouter(prefix="/api/webhook", tags=["webhooks"])
 SOURCE = "firecrawl"
 CHANGEDETECTION = "changedetection"
 log = logging.getLogger(__name__)
+MAX_TIMESTAMP_LENGTH = 64
+_TIMESTAMP_DESCRIPTION = (
+    "When the delivery was sent (unix seconds or RFC 3339), for senders or proxies that can add it; outside "
+    "CRAWLDEX_WEBHOOK_REPLAY_WINDOW_SECONDS the delivery is refused (401)"
+)
 TimestampHeader = Annotated[
     str | None,
-    Header(
-        alias=TIMESTAMP_HEADER,
-        max_length=64,
-        description="When the delivery was sent (unix seconds or RFC 3339), for senders or proxies that can "
-        "add it; outside CRAWLDEX_WEBHOOK_REPLAY_WINDOW_SECONDS the delivery is refused (401)",
-    ),
+    Header(alias=TIMESTAMP_HEADER, max_length=MAX_TIMESTAMP_LENGTH, description=_TIMESTAMP_DESCRIPTION),
+]
+# The Firecrawl webhook reads its headers itself (see `firecrawl_webhook`); they are documented so.
+_FIRECRAWL_HEADERS = [
+    {
+        "name": SIGNATURE_HEADER,
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "sha256=<hex HMAC-SHA256 of the body with CRAWLDEX_FIRECRAWL_WEBHOOK_SECRET>; "
+        "a delivery without a valid one is refused (401)",
+    },
+    {
+        "name": TIMESTAMP_HEADER,
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "maxLength": MAX_TIMESTAMP_LENGTH},
+        "description": _TIMESTAMP_DESCRIPTION,
+    },
 ]
 
 
@@ -68,20 +86,16 @@ TimestampHeader = Annotated[
         503: {"model": ErrorResponse},
     },
     summary="Receive a Firecrawl webhook (crawl.page, batch_scrape.page, lifecycle events)",
-    openapi_extra=raw_body(FIRECRAWL_WEBHOOK_BODY),
+    openapi_extra={**raw_body(FIRECRAWL_WEBHOOK_BODY), "parameters": _FIRECRAWL_HEADERS},
 )
-async def firecrawl_webhook(
-    request: Request,
-    response: Response,
-    services: ServicesDep,
-    settings: SettingsDep,
-    signature: Annotated[str | None, Header(alias=SIGNATURE_HEADER)] = None,
-    timestamp: TimestampHeader = None,
-) -> WebhookResponse | Response:
+async def firecrawl_webhook(request: Request, response: Response) -> WebhookResponse | Response:
+    # The busiest route reads its headers and services itself: FastAPI solves every declared parameter and
+    # dependency on every request, about 0.03 ms each, which was an eighth of a webhook's CPU.
+    services = services_of(request)
     # The webhook limit is counted with the delivery's jobs when it brings pages (one round trip to Redis);
     # every other answer counts it on its own first, so a sender over its limit gets 429 either way.
     deferred = deferred_charge(request)
-    delivery = await _read_delivery(request, settings, signature, timestamp)
+    delivery = await _read_delivery(request, services.settings)
     if deferred is not None and (isinstance(delivery, Response) or not delivery.pages):
         refusal = await deferred.charge_alone()
         if refusal is not None:
@@ -99,9 +113,7 @@ async def firecrawl_webhook(
         raise
 
 
-async def _read_delivery(
-    request: Request, settings: Settings, signature: str | None, timestamp: str | None
-) -> FirecrawlDelivery | Response:
+async def _read_delivery(request: Request, settings: Settings) -> FirecrawlDelivery | Response:
     """The delivery, signed and on time; else the problem to answer."""
     secret = settings.firecrawl_webhook_secret.get_secret_value() if settings.firecrawl_webhook_secret else ""
     if not secret:
@@ -110,8 +122,13 @@ async def _read_delivery(
             503, "CRAWLDEX_FIRECRAWL_WEBHOOK_SECRET is not configured; unsigned webhooks are refused"
         )
     body = await request.body()
+    timestamp = request.headers.get(TIMESTAMP_HEADER)
     try:
-        verify_signature(secret, body, signature)
+        verify_signature(secret, body, request.headers.get(SIGNATURE_HEADER))
+        if timestamp is not None and len(timestamp) > MAX_TIMESTAMP_LENGTH:
+            raise WebhookRejectedError(
+                422, f"header {TIMESTAMP_HEADER} is longer than {MAX_TIMESTAMP_LENGTH} characters"
+            )
         check_delivery_time(timestamp, window_seconds=settings.webhook_replay_window_seconds)
         return parse_delivery(body)
     except StaleDeliveryError as exc:
