@@ -231,6 +231,18 @@ def test_every_firecrawl_answer_counts_against_the_webhook_limit(client: TestCli
     )
 
 
+def test_a_delivery_refused_before_its_route_counts_too(
+    settings: Settings, embedder: LocalModelEmbedder
+) -> None:
+    with limited_app(settings, embedder, max_body_bytes=2048) as client:
+        oversized = [
+            post_webhook(client, page_body(f"https://limit.example/{i}", "x" * 4096)) for i in range(4)
+        ]
+        assert [a.status_code for a in oversized] == [413] * 4
+        assert [a.headers["RateLimit-Remaining"] for a in oversized] == ["3", "2", "1", "0"]
+        assert post_webhook(client, WEBHOOK_BODY).status_code == 429
+
+
 def test_wrong_tokens_are_counted_by_address_and_cannot_buy_fresh_buckets(client: TestClient) -> None:
     for attempt in range(3):
         answer = client.get("/api/change-events", headers={"Authorization": f"Bearer guess-{attempt}"})

@@ -150,10 +150,17 @@ class DeferredCharge:
         self.charge = charge
         self._middleware = middleware
         self._source = source
+        self._counted_alone = False
+
+    @property
+    def settled(self) -> bool:
+        """Counted (with the jobs, or alone), or tried alone and failed open."""
+        return self._counted_alone or self.charge.decision is not None
 
     async def charge_alone(self) -> Response | None:
         """Count the request on its own now: the 429 to answer if refused, else None (failing open as the
         middleware does when Redis does not answer)."""
+        self._counted_alone = True
         decision = await self._middleware.charge_alone(self.charge)
         return self.refusal(decision) if decision is not None and not decision.allowed else None
 
@@ -207,10 +214,9 @@ class RateLimitMiddleware:
         if self._limiter is None:  # made in the serving loop: its connections belong to that loop
             self._limiter = RedisRateLimiter.from_url(self._redis_url)
         charge = RateCharge(bucket_key(name, self._identity(scope, name)), limit)
-        if path in DEFERRED_PATHS:
-            scope.setdefault("state", {})[DEFERRED_CHARGE] = DeferredCharge(
-                charge, self, WEBHOOK_SOURCES[path]
-            )
+        deferred = DeferredCharge(charge, self, WEBHOOK_SOURCES[path]) if path in DEFERRED_PATHS else None
+        if deferred is not None:
+            scope.setdefault("state", {})[DEFERRED_CHARGE] = deferred
         else:
             try:
                 decision = await self._limiter.charge(charge)
@@ -225,8 +231,16 @@ class RateLimitMiddleware:
                 return
 
         async def send_with_limit_headers(message: Message) -> None:
-            if message["type"] == "http.response.start" and charge.decision is not None:
-                message["headers"] = [*message.get("headers", []), *_limit_headers(charge.decision, limit)]
+            if message["type"] == "http.response.start":
+                if deferred is not None and not deferred.settled and message["status"] != 503:
+                    # An answer the route did not make (the body limit's 413): counted all the same. A 503
+                    # is Redis failing the route's own work: nothing to count it in.
+                    await deferred.charge_alone()
+                if charge.decision is not None:
+                    message["headers"] = [
+                        *message.get("headers", []),
+                        *_limit_headers(charge.decision, limit),
+                    ]
             await send(message)
 
         await self.app(scope, receive, send_with_limit_headers)

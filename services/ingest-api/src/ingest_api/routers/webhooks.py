@@ -102,7 +102,7 @@ async def firecrawl_webhook(request: Request, response: Response) -> WebhookResp
             return refusal
     if isinstance(delivery, Response):
         return delivery
-    charge = deferred.charge if deferred is not None and deferred.charge.decision is None else None
+    charge = deferred.charge if deferred is not None and not deferred.settled else None
     try:
         return await _accept(delivery, response, services, charge)
     except RateLimitedError as exc:
