@@ -8,7 +8,8 @@ Two limits, each with a bucket per client in Redis (shared by every replica):
 - ``webhook``: /api/webhook/*, by sender address, with its own (higher) limit; the API limit never applies.
   The Firecrawl webhook counts its request in the Redis script that queues the delivery's jobs (one round
   trip for both, a fifth of a webhook's CPU saved; `DeferredCharge`), after the signature is checked; every
-  answer that queues nothing counts it on its own, so every delivery counts all the same.
+  answer that queues nothing (or that the route never makes, as the body limit's 413) counts it on its
+  own, so every delivery counts all the same.
 
 /health, /livez, /readyz, /metrics and the OpenAPI pages are outside /api/ and never limited. A refused
 request gets 429 with ``Retry-After``; every limited route's answer carries ``RateLimit-Limit``,
