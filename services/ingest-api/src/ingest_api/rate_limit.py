@@ -212,15 +212,13 @@ class RateLimitMiddleware:
             return
         name = WEBHOOK if path.startswith(WEBHOOK_PREFIX) else API
         limit = self._limits[name]
-        if self._limiter is None:  # made in the serving loop: its connections belong to that loop
-            self._limiter = RedisRateLimiter.from_url(self._redis_url)
         charge = RateCharge(bucket_key(name, self._identity(scope, name)), limit)
         deferred = DeferredCharge(charge, self, WEBHOOK_SOURCES[path]) if path in DEFERRED_PATHS else None
         if deferred is not None:
             scope.setdefault("state", {})[DEFERRED_CHARGE] = deferred
         else:
             try:
-                decision = await self._limiter.charge(charge)
+                decision = await self._serving_limiter().charge(charge)
             except DependencyUnavailableError as exc:
                 self.failed_open(name, exc)
                 await self.app(scope, receive, send)
@@ -248,12 +246,16 @@ class RateLimitMiddleware:
 
     async def charge_alone(self, charge: RateCharge) -> RateDecision | None:
         """Count ``charge`` with a round trip of its own; None when Redis does not answer (failing open)."""
-        assert self._limiter is not None  # made by __call__ before any charge exists
         try:
-            return await self._limiter.charge(charge)
+            return await self._serving_limiter().charge(charge)
         except DependencyUnavailableError as exc:
             self.failed_open(WEBHOOK, exc)
             return None
+
+    def _serving_limiter(self) -> RedisRateLimiter:
+        if self._limiter is None:  # made in the serving loop: its connections belong to that loop
+            self._limiter = RedisRateLimiter.from_url(self._redis_url)
+        return self._limiter
 
     def failed_open(self, name: str, exc: DependencyUnavailableError) -> None:
         RATE_LIMIT_FAIL_OPEN.labels(name).inc()
