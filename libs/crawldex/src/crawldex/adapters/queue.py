@@ -44,8 +44,8 @@ RESCRAPE_JOB = "crawldex.jobs.rescrape_page"
 RECONCILE_JOB = "crawldex.jobs.reconcile_crawl"
 _PENDING = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 _PENDING_OR_DONE = {*_PENDING, JobStatus.FINISHED}
-# The fields of RQ's job hash (`Job.to_dict`) that differ from one job of a kind to the next.
 _serialized: Callable[[Any], bytes] = JSONSerializer.dumps  # how RQ writes a job's data and meta
+# The fields of RQ's job hash (`Job.to_dict`) that differ from one job of a kind to the next.
 _OWN_FIELDS = frozenset({"created_at", "enqueued_at", "data", "description", "meta", "retry_intervals"})
 
 # What RQ's `Queue.enqueue(..., unique=True)` writes, for each job of a delivery in one script run (RQ takes
