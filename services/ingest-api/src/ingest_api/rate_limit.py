@@ -143,7 +143,8 @@ class DeferredCharge:
     Firecrawl webhook's, with its jobs (`JobQueue.enqueue_pages`), one round trip for both instead of two.
 
     The route settles it exactly once: through the enqueue, or with `charge_alone` on every path that queues
-    nothing (a rejected or page-less delivery), so every request counts as before. The middleware adds the
+    nothing (a rejected or page-less delivery); an answer the route never makes (the body limit's 413) is
+    settled by the middleware before it is sent. So every request counts as before. The middleware adds the
     RateLimit-* headers to the answer from the decision, whichever way it was made.
     """
 
@@ -220,7 +221,7 @@ class RateLimitMiddleware:
             try:
                 decision = await self._serving_limiter().charge(charge)
             except DependencyUnavailableError as exc:
-                self.failed_open(name, exc)
+                self._failed_open(name, exc)
                 await self.app(scope, receive, send)
                 return
             if not decision.allowed:
@@ -249,7 +250,7 @@ class RateLimitMiddleware:
         try:
             return await self._serving_limiter().charge(charge)
         except DependencyUnavailableError as exc:
-            self.failed_open(WEBHOOK, exc)
+            self._failed_open(WEBHOOK, exc)
             return None
 
     def _serving_limiter(self) -> RedisRateLimiter:
@@ -257,7 +258,7 @@ class RateLimitMiddleware:
             self._limiter = RedisRateLimiter.from_url(self._redis_url)
         return self._limiter
 
-    def failed_open(self, name: str, exc: DependencyUnavailableError) -> None:
+    def _failed_open(self, name: str, exc: DependencyUnavailableError) -> None:
         RATE_LIMIT_FAIL_OPEN.labels(name).inc()
         self._fail_open_log.warning("rate limits not enforced, Redis did not answer: %s", exc)
 
