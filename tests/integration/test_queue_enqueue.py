@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -198,3 +199,65 @@ async def test_a_rate_charge_is_counted_with_the_jobs_and_a_refused_one_queues_n
     assert clean_redis.llen(f"rq:queue:{QUEUE_INDEXING}") == 2
     refused_job = queue.enqueue_index(PAGE, delivery_id="delivery-2")  # its id, now queued without a charge
     assert not refused_job.deduplicated  # nothing of the refused delivery had been written
+
+
+class CommandLog(aioredis.Redis):
+    """A Redis client that notes the name of every command it sends."""
+
+    sent: list[str]
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.sent.append(str(args[0]).upper())
+        return await super().execute_command(*args, **options)
+
+
+async def test_deliveries_that_meet_go_in_one_script_run_each_with_its_own_answer(
+    clean_redis: redis.Redis, settings: Settings, redis_url: str
+) -> None:
+    """Deliveries that arrive while a script run is out go together in the next: each is still charged to its
+    own sender, a refused one writes nothing, and the others are queued in order, as RQ would queue them."""
+    connection = CommandLog.from_url(redis_url)
+    connection.sent = []
+    queue = JobQueue(clean_redis, settings, async_connection=connection)
+    limit = RateLimit(per_minute=1, burst=1)
+    pages = [PageDocument(url=f"https://queue.example/{i}", markdown=f"# {i}") for i in range(4)]
+    pages.append(pages[3])
+    senders = ["192.0.2.1", "192.0.2.2", "192.0.2.1", "192.0.2.3", "192.0.2.4"]
+    deliveries = ["d-0", "d-1", "d-2", "d-3", "d-3"]  # the last one replays the fourth
+
+    answers = await asyncio.gather(
+        *(
+            queue.enqueue_pages(
+                [page],
+                delivery_id=delivery,
+                meta=META,
+                charge=RateCharge(bucket_key("webhook", sender), limit),
+            )
+            for page, delivery, sender in zip(pages, deliveries, senders, strict=True)
+        ),
+        return_exceptions=True,
+    )
+    await connection.aclose()
+
+    first, second, refused, fourth, replay = answers
+    assert isinstance(refused, RateLimitedError)  # 192.0.2.1's second delivery, over its burst of one
+    assert isinstance(first, list)
+    assert isinstance(second, list)
+    assert isinstance(fourth, list)
+    assert isinstance(replay, list)
+    assert [job.deduplicated for answer in (first, second, fourth, replay) for job in answer] == [
+        False,
+        False,
+        False,
+        True,
+    ]
+    assert replay[0].job_id == fourth[0].job_id
+    # The first went alone (nothing was out); the other four came while it was, and went in one run.
+    assert connection.sent.count("EVALSHA") == 2
+    queued = clean_redis.lrange(f"rq:queue:{QUEUE_INDEXING}", 0, -1)
+    assert queued == [answer[0].job_id.encode() for answer in (first, second, fourth)]
+    assert clean_redis.smembers("rq:queues") == {f"rq:queue:{QUEUE_INDEXING}".encode()}
+    for answer in (first, second, fourth):
+        stored = clean_redis.hgetall(Job.key_for(answer[0].job_id))
+        assert stored[b"status"] == b"queued"
+    assert not queue.enqueue_index(pages[2], delivery_id="d-2").deduplicated  # nothing of it was written

@@ -31,6 +31,7 @@ from rq.utils import utcformat
 from crawldex.adapters.rate_limit import GCRA_LUA_FUNCTION, RateCharge, RateLimitedError
 from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE, Settings
 from crawldex.errors import DependencyUnavailableError
+from crawldex.group_commit import GroupCommit
 from crawldex.models import PageDocument, utc_now
 from crawldex.telemetry.metrics import JOBS_DEDUPLICATED, JOBS_ENQUEUED
 from crawldex.telemetry.tracing import TRACE_META_KEY, inject_context, tracer
@@ -48,42 +49,67 @@ _serialized: Callable[[Any], bytes] = JSONSerializer.dumps  # how RQ writes a jo
 # The fields of RQ's job hash (`Job.to_dict`) that differ from one job of a kind to the next.
 _OWN_FIELDS = frozenset({"created_at", "enqueued_at", "data", "description", "meta", "retry_intervals"})
 
-# What RQ's `Queue.enqueue(..., unique=True)` writes, for each job of a delivery in one script run (RQ takes
-# two round trips a job: a pipeline registering the queue, then its own Lua script): unless the job's hash
-# exists, write it, push its id on the queue and register the queue in rq:queues. With a rate charge (a
-# webhook's limit, counted with its jobs: one round trip for both) nothing is written if it is refused.
-# KEYS: the queue, rq:queues, each job's hash, then the charge's bucket if any. ARGV: the number of jobs, the
-# charge's interval and capacity ("" without one), then for each job its id, its number of hash fields and
-# the fields (RQ's own, `Job.to_dict`; tests/integration/test_queue_enqueue.py compares them with RQ's).
-# Returns the charge's answer ({1, 0, 0} without one; see `gcra`), then for each job 1 if it was queued and
-# 0 if a job of that id exists; after a refusal, the charge's answer alone.
+# What RQ's `Queue.enqueue(..., unique=True)` writes, for every job of one or more deliveries in one script run
+# (RQ takes two round trips a job: a pipeline registering the queue, then its own Lua script): unless the job's
+# hash exists, write it and push its id on the queue; register the queue in rq:queues. A delivery may carry a
+# rate charge (a webhook's limit, counted with its jobs: one round trip for both); if it is refused, nothing of
+# that delivery is written.
+# KEYS: the queue, rq:queues, then for each delivery its jobs' hashes and its charge's bucket if any.
+# ARGV: the number of deliveries, then for each its number of jobs, its charge's interval and capacity ("" for
+# none), and for each job its id, its number of hash fields and the fields (RQ's own, `Job.to_dict`;
+# tests/integration/test_queue_enqueue.py compares them with RQ's).
+# Returns for each delivery the charge's answer ({1, 0, 0} without one; see `gcra`) and, unless refused, for
+# each job 1 if it was queued and 0 if a job of that id exists.
 _ENQUEUE_UNIQUE = (
     GCRA_LUA_FUNCTION
     + """
-local jobs = tonumber(ARGV[1])
-local answer = {1, 0, 0}
-if ARGV[2] ~= "" then
-    answer = gcra(KEYS[jobs + 3], ARGV[2], ARGV[3])
-    if answer[1] == 0 then
-        return answer
+local answers = {}
+local at, key = 2, 3
+local queued = false
+for d = 1, tonumber(ARGV[1]) do
+    local jobs = tonumber(ARGV[at])
+    local charged = ARGV[at + 1] ~= ""
+    local answer = {1, 0, 0}
+    if charged then
+        answer = gcra(KEYS[key + jobs], ARGV[at + 1], ARGV[at + 2])
     end
-end
-local at = 4
-for i = 1, jobs do
-    local fields = tonumber(ARGV[at + 1])
-    if redis.call("EXISTS", KEYS[i + 2]) == 1 then
-        answer[i + 3] = 0
-    else
-        redis.call("HSET", KEYS[i + 2], unpack(ARGV, at + 2, at + 1 + fields))
-        redis.call("RPUSH", KEYS[1], ARGV[at])
-        redis.call("SADD", KEYS[2], KEYS[1])
-        answer[i + 3] = 1
+    at = at + 3
+    for i = 1, jobs do
+        local fields = tonumber(ARGV[at + 1])
+        if answer[1] == 1 then
+            if redis.call("EXISTS", KEYS[key]) == 1 then
+                answer[i + 3] = 0
+            else
+                redis.call("HSET", KEYS[key], unpack(ARGV, at + 2, at + 1 + fields))
+                redis.call("RPUSH", KEYS[1], ARGV[at])
+                answer[i + 3] = 1
+                queued = true
+            end
+        end
+        key = key + 1
+        at = at + 2 + fields
     end
-    at = at + 2 + fields
+    if charged then
+        key = key + 1
+    end
+    answers[d] = answer
 end
-return answer
+if queued then
+    redis.call("SADD", KEYS[2], KEYS[1])
+end
+return answers
 """
 )
+# Deliveries in one script run at most: Redis runs a script to its end before anything else.
+_DELIVERIES_A_RUN = 32
+
+
+@dataclass(frozen=True)
+class _DeliveryPart:
+    """One delivery's part of an `_ENQUEUE_UNIQUE` run: its keys and arguments after the shared ones."""
+
+    keys: list[str]
+    args: list[Any]
 
 
 @dataclass(frozen=True)
@@ -187,7 +213,8 @@ class JobQueue:
     """Queues crawldex's jobs; an enqueue of a job id that is pending (or done, for a delivery) joins it.
 
     The synchronous methods serve worker threads and tools; ``enqueue_pages`` serves the API's event loop
-    on ``async_connection`` (one round trip for a delivery's pages, no thread), when it has one.
+    on ``async_connection`` (one round trip for a delivery's pages, shared with the deliveries that arrive
+    while one is out; no thread), when it has one.
     """
 
     def __init__(
@@ -207,6 +234,17 @@ class JobQueue:
             for name in (QUEUE_INDEXING, QUEUE_RESCRAPE)
         }
         self._shared_fields: dict[tuple[str, str, int, int], list[Any]] = {}
+        self._enqueue_script = connection.register_script(_ENQUEUE_UNIQUE)
+        # The API's deliveries of pages: those that arrive while one script run is out go in the next.
+        self._index_deliveries: GroupCommit[_DeliveryPart, list[Any]] | None = None
+        if async_connection is not None:
+            async_script = async_connection.register_script(_ENQUEUE_UNIQUE)
+
+            async def run_deliveries(parts: list[_DeliveryPart]) -> list[list[Any]]:
+                keys, args = self._script_arguments(QUEUE_INDEXING, parts)
+                return list(await async_script(keys, args))
+
+            self._index_deliveries = GroupCommit(run_deliveries, max_items=_DELIVERIES_A_RUN)
 
     def enqueue_index(
         self,
@@ -234,20 +272,21 @@ class JobQueue:
         """`enqueue_index` for each of one delivery's pages, from an event loop, in one round trip to Redis.
 
         With ``charge`` (the webhook's rate limit) the request is counted in that same round trip, and if the
-        charge is refused nothing is queued: `RateLimitedError`. A page whose job id exists is looked up (one
+        charge is refused nothing is queued: `RateLimitedError`. Deliveries that arrive while a round trip is
+        out go together in the next one (`GroupCommit`), each with its own charge and answer; a failure of
+        that round trip (Redis away) reaches each of them. A page whose job id exists is looked up (one
         more round trip): joined while that job is pending or done, and only in the rare case of a job that
         failed for good (or was stopped) handed to `enqueue_index`, in a thread, which replaces it.
         """
         if not pages:
             return []
         specs = [self._index_spec(page, delivery_id, None) for page in pages]
-        async_connection = self._async_connection
         with self._enqueue_span(QUEUE_INDEXING, [spec.job_id for spec in specs]):
-            command = self._enqueue_command(specs, meta, charge)  # in the span: the jobs carry it as parent
-            if async_connection is not None:
-                answer = await async_connection.eval(*command)
+            part = self._delivery_part(specs, meta, charge)  # in the span: the jobs carry it as parent
+            if self._index_deliveries is not None:
+                answer = await self._index_deliveries.submit(part)
             else:
-                answer = await asyncio.to_thread(self.connection.eval, *command)
+                (answer,) = await asyncio.to_thread(self._run_deliveries, QUEUE_INDEXING, [part])
             if charge is not None:
                 decision = charge.counted(answer[:3])
                 if not decision.allowed:
@@ -397,7 +436,8 @@ class JobQueue:
             if spec.delay_seconds > 0:
                 queued = self._schedule_unique(spec, self._queued_job(spec, meta))
             else:
-                queued = bool(self.connection.eval(*self._enqueue_command([spec], meta, None))[3])
+                (answer,) = self._run_deliveries(spec.queue, [self._delivery_part([spec], meta, None)])
+                queued = bool(answer[3])
             if queued:
                 JOBS_ENQUEUED.labels(spec.queue).inc()
                 return False
@@ -444,16 +484,11 @@ class JobQueue:
     def _meta(meta: dict[str, Any] | None) -> dict[str, Any]:
         return {**(meta or {}), TRACE_META_KEY: inject_context()}
 
-    def _enqueue_command(
+    def _delivery_part(
         self, specs: Sequence[_JobSpec], meta: dict[str, Any] | None, charge: RateCharge | None
-    ) -> tuple[Any, ...]:
-        """The arguments of EVAL for `_ENQUEUE_UNIQUE`: ``specs`` (all of one queue) and ``charge``, if any."""
-        (queue,) = {spec.queue for spec in specs}
-        keys = [
-            self._queues[queue].key,
-            Queue.redis_queues_keys,
-            *(Job.key_for(spec.job_id) for spec in specs),
-        ]
+    ) -> _DeliveryPart:
+        """One delivery's keys and arguments for `_ENQUEUE_UNIQUE`: ``specs`` and ``charge``, if any."""
+        keys = [Job.key_for(spec.job_id) for spec in specs]
         args: list[Any] = [len(specs), "", ""]
         if charge is not None:
             keys.append(charge.key)
@@ -461,7 +496,21 @@ class JobQueue:
         for spec in specs:
             fields = self._job_fields(spec, meta)
             args += [spec.job_id, len(fields), *fields]
-        return (_ENQUEUE_UNIQUE, len(keys), *keys, *args)
+        return _DeliveryPart(keys, args)
+
+    def _script_arguments(self, queue: str, parts: Sequence[_DeliveryPart]) -> tuple[list[str], list[Any]]:
+        """`_ENQUEUE_UNIQUE`'s keys and arguments for ``parts``, deliveries of jobs of ``queue``."""
+        keys = [self._queues[queue].key, Queue.redis_queues_keys]
+        args: list[Any] = [len(parts)]
+        for part in parts:
+            keys += part.keys
+            args += part.args
+        return keys, args
+
+    def _run_deliveries(self, queue: str, parts: Sequence[_DeliveryPart]) -> list[list[Any]]:
+        """`_ENQUEUE_UNIQUE` for ``parts`` on the synchronous connection: each delivery's answer."""
+        keys, args = self._script_arguments(queue, parts)
+        return list(self._enqueue_script(keys, args))
 
     def _job_fields(self, spec: _JobSpec, meta: dict[str, Any] | None) -> list[Any]:
         """The job's hash exactly as RQ's `Job.to_dict` writes it, as names and values, without an RQ `Job` for
