@@ -204,11 +204,13 @@ async def test_a_rate_charge_is_counted_with_the_jobs_and_a_refused_one_queues_n
 class CommandLog(aioredis.Redis):
     """A Redis client that notes the name of every command it sends."""
 
-    sent: list[str]
+    def __init__(self, redis_url: str) -> None:
+        super().__init__(connection_pool=aioredis.ConnectionPool.from_url(redis_url))
+        self.sent: list[str] = []
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         self.sent.append(str(args[0]).upper())
-        return await super().execute_command(*args, **options)
+        return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
 
 async def test_deliveries_that_meet_go_in_one_script_run_each_with_its_own_answer(
@@ -216,8 +218,7 @@ async def test_deliveries_that_meet_go_in_one_script_run_each_with_its_own_answe
 ) -> None:
     """Deliveries that arrive while a script run is out go together in the next: each is still charged to its
     own sender, a refused one writes nothing, and the others are queued in order, as RQ would queue them."""
-    connection = CommandLog.from_url(redis_url)
-    connection.sent = []
+    connection = CommandLog(redis_url)
     queue = JobQueue(clean_redis, settings, async_connection=connection)
     limit = RateLimit(per_minute=1, burst=1)
     pages = [PageDocument(url=f"https://queue.example/{i}", markdown=f"# {i}") for i in range(4)]
@@ -237,7 +238,7 @@ async def test_deliveries_that_meet_go_in_one_script_run_each_with_its_own_answe
         ),
         return_exceptions=True,
     )
-    await connection.aclose()
+    await connection.aclose(close_connection_pool=True)
 
     first, second, refused, fourth, replay = answers
     assert isinstance(refused, RateLimitedError)  # 192.0.2.1's second delivery, over its burst of one
