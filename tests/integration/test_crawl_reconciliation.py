@@ -373,6 +373,34 @@ async def test_concurrent_deliveries_are_written_together(crawl_database_url: st
         await database.dispose()
 
 
+async def test_a_trickle_of_deliveries_is_gathered_into_one_write(crawl_database_url: str) -> None:
+    database = Database.connect(crawl_database_url)
+    crawls = CountingCrawls(database)
+    crawls.writes = []
+    # Gathering far longer than the test: only a write's worth in line, or a flush, starts a write.
+    recorder = ReceivedPagesRecorder(crawls, max_deliveries_per_write=4, gather_seconds=60)
+    try:
+        for number in range(3):  # one webhook at a time, a few milliseconds apart
+            await recorder.record(CRAWL_ID, [(page(f"/t{number}"), f"job-t{number}")])
+            await asyncio.sleep(0.005)
+        assert crawls.writes == []  # gathered, not written one by one
+        await recorder.record(CRAWL_ID, [(page("/t3"), "job-t3")])  # a write's worth: written at once
+        for _ in range(500):
+            if crawls.writes:
+                break
+            await asyncio.sleep(0.01)
+        assert crawls.writes == [4]
+        for number in (4, 5):
+            await recorder.record(CRAWL_ID, [(page(f"/t{number}"), f"job-t{number}")])
+        await asyncio.wait_for(recorder.flush(), 10)  # does not wait out the gathering
+        assert crawls.writes == [4, 2]
+        summary = await crawls.summary(CRAWL_ID)
+        assert summary is not None
+        assert summary.pages_received == 6
+    finally:
+        await database.dispose()
+
+
 class HeldCrawls(CrawlRepository):
     """The real repository, whose writes wait until ``release`` is set (a slow database)."""
 
@@ -394,7 +422,7 @@ def held_crawls(database: Database) -> HeldCrawls:
 async def test_a_webhook_does_not_wait_for_its_pages_record(crawl_database_url: str) -> None:
     database = Database.connect(crawl_database_url)
     crawls = held_crawls(database)
-    recorder = ReceivedPagesRecorder(crawls)
+    recorder = ReceivedPagesRecorder(crawls, gather_seconds=0)  # each write takes what is in line at once
     try:
         await asyncio.wait_for(recorder.record(CRAWL_ID, [(page("/w1"), "job-w1")]), 5)
         await asyncio.wait_for(recorder.record(CRAWL_ID, [(page("/w2"), "job-w2")]), 5)
@@ -415,7 +443,7 @@ async def test_a_webhook_does_not_wait_for_its_pages_record(crawl_database_url: 
 async def test_a_database_behind_by_more_than_the_limit_slows_webhooks_down(crawl_database_url: str) -> None:
     database = Database.connect(crawl_database_url)
     crawls = held_crawls(database)
-    recorder = ReceivedPagesRecorder(crawls, max_waiting=2)
+    recorder = ReceivedPagesRecorder(crawls, max_waiting=2, gather_seconds=0)
     try:
         await recorder.record(CRAWL_ID, [(page("/b0"), "job-b0")])  # taken by the held write
         await asyncio.sleep(0)

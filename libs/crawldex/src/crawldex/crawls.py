@@ -116,26 +116,37 @@ class ReceivedPagesRecorder:
     """Records the pages webhooks bring, as `record_received` does, behind the requests that brought them.
 
     A webhook's answer waits for its jobs (in Redis), not for this bookkeeping: `record` puts the pages in
-    line and returns, and a writer task on the event loop writes everything in line in one transaction, then
-    whatever arrived meanwhile, so a burst of webhooks costs the database a few writes instead of one each.
+    line and returns, and a writer task on the event loop writes what is in line in one transaction, then
+    whatever arrived meanwhile. Before a write it waits up to ``gather_seconds`` for more deliveries to
+    join it (not when a write's worth is already in line): a write costs the API about as much CPU for one
+    page as for ten, so a steady trickle of webhooks, each alone, would cost it a write apiece.
     Nothing depends on a write's timing: the writes and the index jobs' own records land in either order
     (`CrawlRepository.record_deliveries`), and a write that fails is logged and its pages are left to their
     jobs, which record each page when they end (only ``pending`` is lost meanwhile).
 
     At most ``max_waiting`` deliveries wait: past that (the database slow or hanging), `record` waits for
-    its own write, so memory stays bounded and webhooks slow down instead. `flush` waits until everything
-    in line is written: before a crawl's summary is read or its reconciliation queued (a client reads what
-    it sent to this replica), and at shutdown. Bound to the event loop it is first used on (the API's).
+    its own write, so memory stays bounded and webhooks slow down instead. `flush` has everything in line
+    written at once and waits for it: before a crawl's summary is read or its reconciliation queued (a
+    client reads what it sent to this replica), and at shutdown. Bound to the event loop it is first used
+    on (the API's).
     """
 
     def __init__(
-        self, crawls: CrawlRepository, *, max_deliveries_per_write: int = 200, max_waiting: int = 10_000
+        self,
+        crawls: CrawlRepository,
+        *,
+        max_deliveries_per_write: int = 200,
+        max_waiting: int = 10_000,
+        gather_seconds: float = 0.02,
     ) -> None:
         self._crawls = crawls
         self._max = max_deliveries_per_write
         self._max_waiting = max_waiting
+        self._gather_seconds = gather_seconds
         self._waiting: list[tuple[str, list[PageDelivery], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._gathering: asyncio.Future[None] | None = None  # the writer's wait for more deliveries
+        self._flushes = 0  # callers of `flush` waiting: the writer gathers nothing meanwhile
 
     async def record(self, crawl_id: str | None, pages: Sequence[tuple[PageDocument, str]]) -> None:
         if not crawl_id or not pages:
@@ -144,38 +155,68 @@ class ReceivedPagesRecorder:
         self._waiting.append((crawl_id, [_delivery(page, job_id) for page, job_id in pages], written))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_waiting())
+        elif len(self._waiting) >= self._max:
+            self._stop_gathering()
         if len(self._waiting) > self._max_waiting:
             await asyncio.shield(written)  # a caller that gives up must not cancel the write
 
     async def flush(self) -> None:
         """Return once every delivery in line when called (and any arriving meanwhile) is written or given up."""
-        while self._writer is not None and not self._writer.done():
-            await asyncio.shield(self._writer)
+        self._flushes += 1
+        try:
+            while self._writer is not None and not self._writer.done():
+                self._stop_gathering()
+                await asyncio.shield(self._writer)
+        finally:
+            self._flushes -= 1
+
+    def _stop_gathering(self) -> None:
+        if self._gathering is not None and not self._gathering.done():
+            self._gathering.set_result(None)
+
+    async def _gather(self) -> None:
+        """Wait up to ``gather_seconds`` for more deliveries, unless a write's worth is in line already or
+        a caller of `flush` waits."""
+        if self._gather_seconds <= 0 or self._flushes or len(self._waiting) >= self._max:
+            return
+        loop = asyncio.get_running_loop()
+        self._gathering = loop.create_future()
+        timer = loop.call_later(self._gather_seconds, self._stop_gathering)
+        try:
+            await self._gathering
+        finally:
+            timer.cancel()
+            self._gathering = None
 
     async def _write_waiting(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
-            try:
-                await self._crawls.record_deliveries([(crawl_id, pages) for crawl_id, pages, _ in batch])
-            except Exception:
-                crawl_ids = sorted({crawl_id for crawl_id, _, _ in batch})
-                pages_lost = sum(len(pages) for _, pages, _ in batch)
-                RECEIVED_PAGE_RECORDS_FAILED.inc(pages_lost)
-                log.exception(
-                    "could not record %d received pages of crawls %s; their index jobs record them when "
-                    "they end",
-                    pages_lost,
-                    ", ".join(crawl_ids[:5])
-                    + (f" and {len(crawl_ids) - 5} more" if len(crawl_ids) > 5 else ""),
-                )
-            except BaseException:  # cancelled (shutdown): nobody may wait forever
-                for *_, written in [*batch, *self._waiting]:
-                    written.cancel()
-                self._waiting = []
-                raise
-            for *_, written in batch:
-                if not written.done():
-                    written.set_result(None)
+        batch: list[tuple[str, list[PageDelivery], asyncio.Future[None]]] = []
+        try:
+            while self._waiting:
+                await self._gather()
+                batch, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
+                await self._write(batch)
+                for *_, written in batch:
+                    if not written.done():
+                        written.set_result(None)
+                batch = []
+        except BaseException:  # cancelled (shutdown): nobody may wait forever
+            for *_, written in [*batch, *self._waiting]:
+                written.cancel()
+            self._waiting = []
+            raise
+
+    async def _write(self, batch: list[tuple[str, list[PageDelivery], asyncio.Future[None]]]) -> None:
+        try:
+            await self._crawls.record_deliveries([(crawl_id, pages) for crawl_id, pages, _ in batch])
+        except Exception:
+            crawl_ids = sorted({crawl_id for crawl_id, _, _ in batch})
+            pages_lost = sum(len(pages) for _, pages, _ in batch)
+            RECEIVED_PAGE_RECORDS_FAILED.inc(pages_lost)
+            log.exception(
+                "could not record %d received pages of crawls %s; their index jobs record them when they end",
+                pages_lost,
+                ", ".join(crawl_ids[:5]) + (f" and {len(crawl_ids) - 5} more" if len(crawl_ids) > 5 else ""),
+            )
 
 
 async def record_index_end(
