@@ -2,9 +2,10 @@
 
 An API under load has several requests waiting on the same round trip to Redis at once; sending them as one
 call costs the round trip's fixed part (the client's connection handling, the reply, the server's own work)
-once for all of them. An idle caller waits for nothing: its item is committed at the next turn of the event
-loop, alone or with whatever arrived in that turn. A DataLoader-style batcher (items of one loop turn only)
-would not collect the requests that arrive while a round trip is out, which is where a busy API has them.
+once for all of them. An idle caller waits for nothing: its item is committed at once, alone. A
+DataLoader-style batcher (the items of one turn of the event loop) would not collect the requests that
+arrive while a round trip is out, which is where a busy API has them, and would hold an idle caller for a
+turn.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class GroupCommit(Generic[Item, Result]):
     commits its item at once, in its own task; items submitted meanwhile wait, and are committed together
     when it returns (by a task of this object's, for as long as items keep coming). If a commit raises,
     each of its callers gets the exception. A caller cancelled before its commit starts is left out of it.
+    Bound to the event loop it is first used on.
     """
 
     def __init__(
