@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -55,6 +56,21 @@ async def test_query_and_documents_share_one_space(embedder: LocalModelEmbedder)
     )
     assert cosine(query, documents[0]) > cosine(query, documents[1]) + 0.3
     assert await embedder.embed_documents([]) == []
+
+
+def test_loading_the_model_leaves_numpy_one_blas_thread_and_torch_its_own(
+    embedder: LocalModelEmbedder,
+) -> None:
+    import numpy as np
+    import torch
+    from threadpoolctl import threadpool_info
+
+    pools = {pool["internal_api"]: pool["num_threads"] for pool in threadpool_info()}
+    assert pools.get("openblas") == 1  # numpy's BLAS, which the embedded store's vector search uses
+    if len(os.sched_getaffinity(0)) > 1:
+        assert torch.get_num_threads() > 1  # the model's forward pass keeps every core
+    vectors = np.array(embedder.embed_documents_sync(["one", "two"]))  # and both still work
+    assert vectors.shape == (2, embedder.info.dimension)
 
 
 def test_a_directory_that_is_not_mean_pooled_is_refused(tmp_path: Path) -> None:

@@ -114,6 +114,7 @@ class LocalModelEmbedder:
         path = model_dir or bundled_model_dir()
         layout = ModelLayout.read(path)
         model = BertEncoder.load(path, device)
+        _one_blas_thread()
         tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         # Padding is done per batch below; truncation as sentence-transformers does it.
         tokenizer.no_padding()
@@ -193,3 +194,16 @@ class LocalModelEmbedder:
 
     async def aclose(self) -> None:
         return None
+
+
+def _one_blas_thread() -> None:
+    """numpy's BLAS (OpenBLAS) on one thread for the rest of the process, torch's own threads untouched.
+
+    The model's forward pass already takes every core (torch's OpenMP pool); OpenBLAS's threads, woken by
+    the embedded store's vector search a moment before, spin on those cores after it and slowed the query's
+    embedding by a fifth or more (benchmark 4, side by side: hybrid p50 28-34 ms against 21-28 ms with
+    one BLAS thread, the store's own part about 1 ms slower).
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
