@@ -14,7 +14,7 @@ from rq import Queue, Retry, SimpleWorker
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from crawldex.adapters.queue import INDEX_JOB, JobQueue
+from crawldex.adapters.queue import INDEX_JOB, JobQueue, connect_async_redis
 from crawldex.adapters.rate_limit import RateCharge, RateLimit, RateLimitedError, bucket_key
 from crawldex.config import QUEUE_INDEXING, Settings
 from crawldex.errors import DependencyUnavailableError
@@ -35,7 +35,7 @@ def settings(redis_url: str) -> Settings:
 
 @pytest.fixture
 async def async_connection(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    connection = aioredis.Redis.from_url(redis_url)
+    connection = connect_async_redis(redis_url)  # the API's client: its commands packed by hiredis
     yield connection
     await connection.aclose()
 

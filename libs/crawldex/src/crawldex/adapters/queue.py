@@ -29,6 +29,7 @@ from rq.utils import now as rq_now
 from rq.utils import utcformat
 
 from crawldex.adapters.rate_limit import GCRA_LUA_FUNCTION, RateCharge, RateLimitedError
+from crawldex.adapters.redis_client import async_client
 from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE, Settings
 from crawldex.errors import DependencyUnavailableError
 from crawldex.group_commit import GroupCommit
@@ -192,7 +193,7 @@ def connect_redis(url: str) -> redis.Redis:
 
 def connect_async_redis(url: str) -> aioredis.Redis:
     """`connect_redis` for an event loop, with the same timeouts."""
-    return aioredis.Redis.from_url(url, **_CLIENT_TIMEOUTS)
+    return async_client(url, **_CLIENT_TIMEOUTS)
 
 
 @dataclass(frozen=True)

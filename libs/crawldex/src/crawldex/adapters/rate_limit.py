@@ -33,6 +33,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from crawldex.adapters.redis_client import async_client
 from crawldex.errors import DependencyUnavailableError
 
 KEY_PREFIX = "crawldex:ratelimit"
@@ -159,7 +160,7 @@ class RedisRateLimiter:
         cls, url: str, *, timeout_seconds: float = 0.5, cooldown_seconds: float = 1.0
     ) -> RedisRateLimiter:
         """A client of its own: short timeouts and no retries, since a limiter must never hold a request up."""
-        connection = aioredis.Redis.from_url(
+        connection = async_client(
             url,
             socket_connect_timeout=timeout_seconds,
             socket_timeout=timeout_seconds,

@@ -1,0 +1,70 @@
+"""The asyncio clients' hiredis packing: the bytes redis-py's own packer writes, its errors, its URL schemes."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import DataError
+
+from crawldex.adapters.redis_client import async_client
+
+
+class Status(str, enum.Enum):  # noqa: UP042 (RQ's JobStatus is such an enum, sent as a job hash field)
+    QUEUED = "queued"
+
+
+ARGUMENT_LISTS: list[tuple[Any, ...]] = [
+    ("SET", "key", "value"),
+    ("CONFIG GET", "maxmemory"),  # a command name with its subcommand
+    (b"CLIENT SETNAME", b"crawldex"),
+    ("EVALSHA", "a" * 40, 2, "k1", "k2", 0, -7, 2**70, 1.5, 1e-300, float("inf")),
+    ("HSET", "h", "status", Status.QUEUED, "data", b"\x78\x9c\x00\xff", "empty", "", "text", "naïve ☃"),
+    ("RPUSH", "q", bytearray(b"ba"), memoryview(b"mv")),
+    ("SET", "big", "x" * 10_000),  # past redis-py's buffer cutoff, where its packer splits the output
+]
+
+
+def _our_connection() -> aioredis.connection.AbstractConnection:
+    pool = async_client("redis://127.0.0.1:1/0").connection_pool
+    return pool.connection_class(**pool.connection_kwargs)  # not connected: packing needs no server
+
+
+def _packed(connection: aioredis.connection.AbstractConnection, args: tuple[Any, ...]) -> bytes:
+    return b"".join(bytes(part) for part in connection.pack_command(*args))
+
+
+@pytest.mark.parametrize("args", ARGUMENT_LISTS, ids=lambda args: str(args[0]))
+def test_commands_are_packed_byte_for_byte_as_redis_py_packs_them(args: tuple[Any, ...]) -> None:
+    ours = _our_connection()
+    assert ours.pack_command.__module__ == "crawldex.adapters.redis_client"
+    assert _packed(ours, args) == _packed(aioredis.Connection(), args)
+
+
+@pytest.mark.parametrize("value", [None, True, object()], ids=["None", "bool", "object"])
+def test_a_value_redis_py_refuses_is_refused_with_its_data_error(value: Any) -> None:
+    ours = _our_connection()
+    with pytest.raises(DataError):
+        aioredis.Connection().pack_command("SET", "key", value)
+    with pytest.raises(DataError):
+        ours.pack_command("SET", "key", value)
+
+
+@pytest.mark.parametrize(
+    ("url", "redis_py_class"),
+    [
+        ("redis://127.0.0.1:6379/3", aioredis.Connection),
+        ("rediss://127.0.0.1:6380/0", aioredis.SSLConnection),
+        ("unix:///run/redis.sock?db=2", aioredis.UnixDomainSocketConnection),
+    ],
+)
+def test_each_url_scheme_keeps_its_connection_class_and_options(url: str, redis_py_class: type) -> None:
+    client = async_client(url, socket_timeout=7)
+    pool = client.connection_pool
+    assert issubclass(pool.connection_class, redis_py_class)
+    assert pool.connection_class is not redis_py_class
+    assert pool.connection_kwargs["socket_timeout"] == 7
+    assert pool.connection_kwargs["db"] == aioredis.ConnectionPool.from_url(url).connection_kwargs["db"]
+    assert client.auto_close_connection_pool  # closing the client closes the pool it made
