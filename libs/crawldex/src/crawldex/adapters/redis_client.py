@@ -31,9 +31,13 @@ class _HiredisPacking(AbstractConnection):
             args = (*name.encode().split(), *args[1:])
         elif isinstance(name, bytes) and b" " in name:
             args = (*name.split(), *args[1:])
-        packable = tuple(bytes(arg) if isinstance(arg, bytearray | memoryview) else arg for arg in args)
         try:
-            return [hiredis.pack_command(packable)]  # type: ignore[arg-type]  # its stub: a tuple of one
+            return [hiredis.pack_command(args)]  # type: ignore[arg-type]  # its stub: a tuple of one
+        except TypeError:
+            pass  # a bytearray, which hiredis does not take (converted only now: a scan costs more than a pack)
+        packable = tuple(bytes(arg) if isinstance(arg, bytearray) else arg for arg in args)
+        try:
+            return [hiredis.pack_command(packable)]  # type: ignore[arg-type]
         except TypeError as exc:  # hiredis refuses None, bool and other types, as redis-py's encoder does
             raise DataError(str(exc)) from exc
 
