@@ -68,3 +68,19 @@ def test_each_url_scheme_keeps_its_connection_class_and_options(url: str, redis_
     assert pool.connection_kwargs["socket_timeout"] == 7
     assert pool.connection_kwargs["db"] == aioredis.ConnectionPool.from_url(url).connection_kwargs["db"]
     assert client.auto_close_connection_pool  # closing the client closes the pool it made
+
+
+@pytest.mark.parametrize(
+    ("options", "packed_by_hiredis"),
+    [
+        ({}, True),
+        ({"encoding": "UTF8"}, True),
+        ({"encoding": "latin-1"}, False),  # hiredis writes str as UTF-8 only
+        ({"encoding_errors": "replace"}, False),
+    ],
+)
+def test_only_a_client_encoding_str_as_strict_utf8_gets_hiredis_packing(
+    options: dict[str, str], packed_by_hiredis: bool
+) -> None:
+    connection_class = async_client("redis://127.0.0.1:6379/0", **options).connection_pool.connection_class
+    assert (connection_class is not aioredis.Connection) is packed_by_hiredis

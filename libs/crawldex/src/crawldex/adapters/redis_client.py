@@ -8,6 +8,7 @@ hiredis. `_HiredisPacking` can go once redis-py packs asyncio commands with hire
 
 from __future__ import annotations
 
+import codecs
 from typing import Any
 
 import hiredis
@@ -21,7 +22,7 @@ class _HiredisPacking(AbstractConnection):
     """Mixed in before an asyncio connection class: `pack_command` as redis-py's `HiredisRespSerializer`.
 
     Same bytes as redis-py's own packer for what it accepts (str as UTF-8, bytes, int, float), and the same
-    `DataError` for what it refuses; clients made by `async_client` keep redis-py's default UTF-8 encoding.
+    `DataError` for what it refuses; `async_client` uses it only for clients that encode str as strict UTF-8.
     """
 
     def pack_command(self, *args: EncodableT) -> list[bytes]:
@@ -65,8 +66,14 @@ def async_client(url: str, **options: Any) -> aioredis.Redis:
     """`redis.asyncio.Redis.from_url(url, **options)`, its connections packing commands with hiredis.
 
     The URL chooses the connection class (redis://, rediss://, unix://), so the class is swapped in the pool
-    that URL made rather than passed in, which the URL's own choice would override.
+    that URL made rather than passed in, which the URL's own choice would override. hiredis writes str as
+    strict UTF-8: a client asked for another encoding keeps redis-py's packer.
     """
     pool = aioredis.ConnectionPool.from_url(url, **options)
-    pool.connection_class = _PACKED_BY_HIREDIS.get(pool.connection_class, pool.connection_class)
+    settings = pool.connection_kwargs
+    if (
+        codecs.lookup(settings.get("encoding", "utf-8")).name == "utf-8"
+        and settings.get("encoding_errors", "strict") == "strict"
+    ):
+        pool.connection_class = _PACKED_BY_HIREDIS.get(pool.connection_class, pool.connection_class)
     return aioredis.Redis.from_pool(pool)
