@@ -50,6 +50,19 @@ def test_refuses_urls_it_cannot_index(raw: str, reason: str) -> None:
         canonicalize_url(raw)
 
 
+def test_a_refused_url_is_refused_every_time_and_a_str_subclass_canonicalizes_as_its_text() -> None:
+    """Canonical forms are remembered for the URLs seen last; a refusal never is."""
+    for _ in range(3):
+        with pytest.raises(InvalidDocumentError, match="http or https"):
+            canonicalize_url("ftp://example.com/a")
+
+    class Url(str):
+        pass
+
+    assert canonicalize_url(Url("HTTPS://Example.com:443/a?b=2&a=1")) == "https://example.com/a?a=1&b=2"
+    assert type(canonicalize_url(Url("https://example.com/b"))) is str
+
+
 def test_ids_are_stable_and_distinct() -> None:
     doc = document_id("https://example.com/a")
     assert doc == document_id("https://example.com/a")

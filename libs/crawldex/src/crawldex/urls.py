@@ -6,6 +6,7 @@ on this one function.
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -28,6 +29,14 @@ def canonicalize_url(url: str) -> str:
     """
     if not isinstance(url, str):
         raise InvalidDocumentError("url must be a string")
+    return _canonical(url)
+
+
+# A page's URL is canonicalized where it is validated, where its job is named and where its delivery is
+# recorded: at ~9 us a call, the webhook's second and third were 5 % of its CPU. Few entries suffice (the calls
+# for a page come microseconds apart) and keep the cache small whatever URLs a sender sends.
+@functools.lru_cache(maxsize=256)
+def _canonical(url: str) -> str:
     raw = url.strip()
     if not raw:
         raise InvalidDocumentError("url is empty")
