@@ -57,7 +57,7 @@ def test_a_refused_url_is_refused_every_time_and_a_str_subclass_canonicalizes_as
             canonicalize_url("ftp://example.com/a")
 
     class Url(str):
-        pass
+        """A str subclass, as a caller's own URL type may be."""
 
     assert canonicalize_url(Url("HTTPS://Example.com:443/a?b=2&a=1")) == "https://example.com/a?a=1&b=2"
     assert type(canonicalize_url(Url("https://example.com/b"))) is str

@@ -35,24 +35,25 @@ class _HiredisPacking(AbstractConnection):
         try:
             return [hiredis.pack_command(args)]  # type: ignore[arg-type]  # its stub: a tuple of one
         except TypeError:
-            pass  # a bytearray, which hiredis does not take (converted only now: a scan costs more than a pack)
-        packable = tuple(bytes(arg) if isinstance(arg, bytearray) else arg for arg in args)
-        try:
-            return [hiredis.pack_command(packable)]  # type: ignore[arg-type]
-        except TypeError as exc:  # hiredis refuses None, bool and other types, as redis-py's encoder does
-            raise DataError(str(exc)) from exc
+            # hiredis refuses a bytearray: converted only now, since scanning every argument first cost more
+            # than the pack itself.
+            packable = tuple(bytes(arg) if isinstance(arg, bytearray) else arg for arg in args)
+            try:
+                return [hiredis.pack_command(packable)]  # type: ignore[arg-type]
+            except TypeError as exc:  # hiredis refuses None, bool and other types, as redis-py's encoder does
+                raise DataError(str(exc)) from exc
 
 
 class _Connection(_HiredisPacking, aioredis.Connection):
-    pass
+    """redis://: TCP."""
 
 
 class _SSLConnection(_HiredisPacking, aioredis.SSLConnection):
-    pass
+    """rediss://: TLS over TCP."""
 
 
 class _UnixDomainSocketConnection(_HiredisPacking, aioredis.UnixDomainSocketConnection):
-    pass
+    """unix://: a Unix domain socket."""
 
 
 _PACKED_BY_HIREDIS: dict[type[AbstractConnection], type[AbstractConnection]] = {
