@@ -55,6 +55,10 @@ TimestampHeader = Annotated[
     str | None,
     Header(alias=TIMESTAMP_HEADER, max_length=MAX_TIMESTAMP_LENGTH, description=_TIMESTAMP_DESCRIPTION),
 ]
+# What either webhook answers when it takes nothing (documented so in the OpenAPI document).
+_REFUSALS: dict[int | str, dict[str, Any]] = {
+    status_code: {"model": ErrorResponse} for status_code in (400, 401, 413, 422, 503)
+}
 # The Firecrawl webhook reads its headers itself (see `firecrawl_webhook`); they are documented so.
 _FIRECRAWL_HEADERS = [
     {
@@ -130,11 +134,7 @@ router.add_api_route(
     status_code=status.HTTP_202_ACCEPTED,
     responses={
         200: {"model": WebhookResponse, "description": "Lifecycle event or failed pages, recorded"},
-        400: {"model": ErrorResponse},
-        401: {"model": ErrorResponse},
-        413: {"model": ErrorResponse},
-        422: {"model": ErrorResponse},
-        503: {"model": ErrorResponse},
+        **_REFUSALS,
     },
     summary="Receive a Firecrawl webhook (crawl.page, batch_scrape.page, lifecycle events)",
     openapi_extra={**raw_body(FIRECRAWL_WEBHOOK_BODY), "parameters": _FIRECRAWL_HEADERS},
@@ -242,13 +242,7 @@ async def _accept(delivery: FirecrawlDelivery, services: Services, charge: RateC
     "/changedetection",
     response_model=ChangeWebhookResponse,
     status_code=status.HTTP_202_ACCEPTED,
-    responses={
-        400: {"model": ErrorResponse},
-        401: {"model": ErrorResponse},
-        413: {"model": ErrorResponse},
-        422: {"model": ErrorResponse},
-        503: {"model": ErrorResponse},
-    },
+    responses=_REFUSALS,
     summary="Receive a changedetection.io notification (post:// JSON template or json:// envelope)",
     openapi_extra=raw_body(CHANGEDETECTION_WEBHOOK_BODY, text=True),
 )
