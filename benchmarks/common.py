@@ -6,6 +6,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -319,6 +320,22 @@ def load_model() -> LocalModelEmbedder:
 # ---- real processes ----
 
 BIN = REPO_ROOT / ".venv" / "bin"
+
+
+def ensure_commands(package: str, commands: list[str]) -> None:
+    """Install the Debian ``package`` with apt-get unless all of ``commands`` are on the PATH already."""
+    if all(shutil.which(command) for command in commands):
+        return
+    progress(f"installing {package} with apt-get")
+    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]
+    install = [*apt, "install", "-y", "--no-install-recommends", package]
+    if subprocess.run(install, check=False, capture_output=True).returncode != 0:  # noqa: S603
+        # A fresh machine may have no package lists yet.
+        subprocess.run([*apt, "update"], check=True, capture_output=True)  # noqa: S603
+        subprocess.run(install, check=True, capture_output=True)  # noqa: S603
+    missing = [command for command in commands if not shutil.which(command)]
+    if missing:
+        raise RuntimeError(f"{', '.join(missing)} not installed (apt-get install -y {package})")
 
 
 def free_port() -> int:

@@ -22,6 +22,7 @@ from benchmarks.common import (
     Row,
     api_env,
     cpu_seconds,
+    ensure_commands,
     flush_redis,
     free_port,
     postgres_database,
@@ -54,6 +55,26 @@ end
 """
 
 
+def signed_delivery(i: int, webhook_id: str) -> tuple[bytes, str]:
+    """Bench page ``i`` as a signed Firecrawl crawl.page delivery: its body and X-Firecrawl-Signature."""
+    body = json.dumps(
+        {
+            "success": True,
+            "type": "crawl.page",
+            "id": "crawl-bench",
+            "webhookId": webhook_id,
+            "data": [
+                {
+                    "markdown": f"# Bench page {i}\n\nKEDA scales index workers on the queue length ({i}).",
+                    "metadata": {"url": f"https://bench.example/p/{i}", "title": "Bench", "statusCode": 200},
+                }
+            ],
+        },
+        separators=(",", ":"),
+    ).encode()
+    return body, "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
+
+
 def _webhook_script(path: Path) -> None:
     """A wrk script of signed crawl.page deliveries, each its own webhookId and URL.
 
@@ -62,27 +83,8 @@ def _webhook_script(path: Path) -> None:
     """
     entries = []
     for i in range(BODIES_PER_LEVEL * len(LEVELS)):
-        body = json.dumps(
-            {
-                "success": True,
-                "type": "crawl.page",
-                "id": "crawl-bench",
-                "webhookId": str(uuid.uuid4()),
-                "data": [
-                    {
-                        "markdown": f"# Bench page {i}\n\nKEDA scales index workers on the queue length ({i}).",
-                        "metadata": {
-                            "url": f"https://bench.example/p/{i}",
-                            "title": "Bench",
-                            "statusCode": 200,
-                        },
-                    }
-                ],
-            },
-            separators=(",", ":"),
-        )
-        signature = "sha256=" + hmac.new(SECRET, body.encode(), hashlib.sha256).hexdigest()
-        entries.append(f'{{[==[{body}]==], "{signature}"}}')
+        body, signature = signed_delivery(i, str(uuid.uuid4()))
+        entries.append(f'{{[==[{body.decode()}]==], "{signature}"}}')
     path.write_text(
         "bodies = {\n" + ",\n".join(entries) + "\n}\n"
         "local threads = 0\n"
@@ -148,22 +150,8 @@ def _wrk(
     }
 
 
-def _ensure_wrk() -> None:
-    if shutil.which("wrk"):
-        return
-    progress("ingest: installing wrk with apt-get")
-    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]
-    install = [*apt, "install", "-y", "--no-install-recommends", "wrk"]
-    if subprocess.run(install, check=False, capture_output=True).returncode != 0:  # noqa: S603
-        # A fresh machine may have no package lists yet.
-        subprocess.run([*apt, "update"], check=True, capture_output=True)  # noqa: S603
-        subprocess.run(install, check=True, capture_output=True)  # noqa: S603
-    if not shutil.which("wrk"):
-        raise RuntimeError("wrk is not installed (apt-get install -y wrk)")
-
-
 def run(quick: bool = False) -> Report:
-    _ensure_wrk()
+    ensure_commands("wrk", ["wrk"])
     return asyncio.run(_run(quick))
 
 
