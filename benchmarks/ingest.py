@@ -75,6 +75,23 @@ def signed_delivery(i: int, webhook_id: str) -> tuple[bytes, str]:
     return body, "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
 
 
+def start_tei_contract_server(log: Path) -> tuple[Process, str]:
+    """A server speaking TEI's API (tests/e2e/tei_contract_server.py) and its URL, not yet waited for.
+
+    Production's ingest-api embeds queries with TEI, which cannot run here; the webhook path embeds nothing.
+    """
+    port = free_port()
+    command = [sys.executable, "-m", "tests.e2e.tei_contract_server", "--port", str(port)]
+    return Process(command, {}, log), f"http://127.0.0.1:{port}"
+
+
+def webhook_api_env(
+    data_dir: Path, port: int, database_url: str, tei_url: str, **extra: str
+) -> dict[str, str]:
+    """ingest-api's environment under webhook load: on TEI, and rate limited with limits above any load."""
+    return api_env(data_dir, port, database_url, CRAWLDEX_TEI_URL=tei_url, **UNLIMITED, **extra)
+
+
 def _webhook_script(path: Path) -> None:
     """A wrk script of signed crawl.page deliveries, each its own webhookId and URL.
 
@@ -173,28 +190,15 @@ def _measure(database_url: str, quick: bool) -> Report:
         bare = Process(
             [sys.executable, "-m", "benchmarks.bare_app", str(bare_port), REDIS_URL], {}, tmp / "bare.log"
         )
-        # Production's ingest-api embeds queries with TEI: run it so, against a server speaking TEI's API
-        # (tests/e2e/tei_contract_server.py; TEI itself cannot run here). The webhook path embeds nothing.
-        tei_port = free_port()
-        tei = Process(
-            [sys.executable, "-m", "tests.e2e.tei_contract_server", "--port", str(tei_port)],
-            {},
-            tmp / "tei.log",
-        )
+        tei, tei_url = start_tei_contract_server(tmp / "tei.log")
         port = free_port()
         api: Process | None = None
         try:
             progress("ingest: starting crawldex-ingest-api on TEI and the bare endpoint")
-            wait_ready(tei, f"http://127.0.0.1:{tei_port}", path="/health")
+            wait_ready(tei, tei_url, path="/health")
             api = Process(
                 [str(BIN / "crawldex-ingest-api")],
-                api_env(
-                    tmp / "data",
-                    port,
-                    database_url,
-                    CRAWLDEX_TEI_URL=f"http://127.0.0.1:{tei_port}",
-                    **UNLIMITED,
-                ),
+                webhook_api_env(tmp / "data", port, database_url, tei_url),
                 tmp / "api.log",
             )
             wait_ready(bare, f"http://127.0.0.1:{bare_port}")

@@ -27,8 +27,6 @@ from typing import Any
 
 from benchmarks.common import (
     REDIS_URL,
-    Process,
-    api_env,
     ensure_commands,
     flush_redis,
     free_port,
@@ -37,7 +35,7 @@ from benchmarks.common import (
     temp_dir,
     wait_ready,
 )
-from benchmarks.ingest import UNLIMITED, signed_delivery
+from benchmarks.ingest import signed_delivery, start_tei_contract_server, webhook_api_env
 
 WARM_UP = 100
 MEASURED = 200
@@ -184,22 +182,10 @@ async def _measure() -> None:
 def _measure_with(database_url: str) -> None:
     with temp_dir("instructions") as tmp_name:
         work = Path(tmp_name)
-        tei_port = free_port()
-        tei = Process(
-            [sys.executable, "-m", "tests.e2e.tei_contract_server", "--port", str(tei_port)],
-            {},
-            work / "tei.log",
-        )
+        tei, tei_url = start_tei_contract_server(work / "tei.log")
         try:
-            wait_ready(tei, f"http://127.0.0.1:{tei_port}", path="/health")
-            env = api_env(
-                work / "data",
-                free_port(),
-                database_url,
-                CRAWLDEX_TEI_URL=f"http://127.0.0.1:{tei_port}",
-                PYTHONHASHSEED="1",
-                **UNLIMITED,
-            )
+            wait_ready(tei, tei_url, path="/health")
+            env = webhook_api_env(work / "data", free_port(), database_url, tei_url, PYTHONHASHSEED="1")
             counts = {}
             for target in ("webhook", "bare"):
                 progress(

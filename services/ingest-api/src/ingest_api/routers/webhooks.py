@@ -85,8 +85,8 @@ class _RequestOnlyRoute(APIRoute):
     FastAPI's request handler (reading a body parameter, solving parameters and dependencies, validating and
     serializing the returned model, each step in a telemetry operation of its own) has nothing to do for
     such an endpoint and still cost 5 % of a webhook's instructions, so it is not run: the endpoint is
-    called with the request. Its exceptions still reach the app's handlers (FastAPI's `request_response` wraps this), and
-    the OpenAPI document is built from the route's declaration as for any other.
+    called with the request. Its exceptions still reach the app's handlers (FastAPI's `request_response`
+    wraps this), and the OpenAPI document is built from the route's declaration as for any other.
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
