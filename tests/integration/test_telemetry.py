@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -99,6 +102,35 @@ def test_incoming_trace_context_is_continued(client: TestClient, spans: InMemory
     span = _one(list(spans.get_finished_spans()), "GET /livez")
     assert span.context is not None
     assert format(span.context.trace_id, "032x") == "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+_TRACING_BEFORE_AND_AFTER_A_PROVIDER = """
+import json
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from crawldex.telemetry.tracing import extracted_context, inject_context, tracing_enabled
+
+incoming = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+with extracted_context(incoming):
+    before = [tracing_enabled(), inject_context()]
+trace.set_tracer_provider(TracerProvider())
+with extracted_context(incoming):
+    after = [tracing_enabled(), inject_context()]
+print(json.dumps([before, after]))
+"""
+
+
+def test_without_a_tracer_provider_jobs_carry_no_trace_context() -> None:
+    # A process of its own: this one's tracer provider is installed by the `spans` fixture, once for good.
+    out = subprocess.run(
+        [sys.executable, "-c", _TRACING_BEFORE_AND_AFTER_A_PROVIDER],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    before, after = json.loads(out)
+    assert before == [False, {}]
+    assert after == [True, {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}]
 
 
 def _samples(client: TestClient) -> dict[str, list[tuple[dict[str, str], float]]]:

@@ -13,7 +13,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crawldex.logs import log_context
-from crawldex.telemetry.metrics import HTTP_DURATION, HTTP_REQUESTS
+from crawldex.telemetry.metrics import HTTP_DURATION, HTTP_REQUESTS, series
 
 REQUEST_ID_HEADER = b"x-request-id"
 _SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
@@ -50,5 +50,5 @@ class RequestTelemetry:
                 await self.app(scope, receive, send_with_request_id)
             finally:
                 route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
-                HTTP_REQUESTS.labels(route, method, str(status_code)).inc()
-                HTTP_DURATION.labels(route, method).observe(time.perf_counter() - started)
+                series(HTTP_REQUESTS, route, method, str(status_code)).inc()
+                series(HTTP_DURATION, route, method).observe(time.perf_counter() - started)

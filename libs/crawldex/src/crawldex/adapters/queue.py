@@ -13,7 +13,7 @@ import random
 import uuid
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,8 +34,8 @@ from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE, Settings
 from crawldex.errors import DependencyUnavailableError
 from crawldex.group_commit import GroupCommit
 from crawldex.models import PageDocument, utc_now
-from crawldex.telemetry.metrics import JOBS_DEDUPLICATED, JOBS_ENQUEUED
-from crawldex.telemetry.tracing import TRACE_META_KEY, inject_context, tracer
+from crawldex.telemetry.metrics import JOBS_DEDUPLICATED, JOBS_ENQUEUED, series
+from crawldex.telemetry.tracing import TRACE_META_KEY, inject_context, tracer, tracing_enabled
 from crawldex.urls import canonicalize_url
 
 INDEX_JOB = "crawldex.jobs.index_page"
@@ -295,7 +295,7 @@ class JobQueue:
             enqueued: list[EnqueuedJob] = []
             for spec, page, was_queued in zip(specs, pages, answer[3:], strict=True):
                 if was_queued:
-                    JOBS_ENQUEUED.labels(spec.queue).inc()
+                    series(JOBS_ENQUEUED, spec.queue).inc()
                     deduplicated = False
                 else:
                     deduplicated = await self._join_or_replace(spec, meta)
@@ -416,17 +416,22 @@ class JobQueue:
 
     @contextmanager
     def _enqueue_span(self, queue: str, job_ids: list[str]) -> Iterator[None]:
-        """A producer span around the enqueue; Redis errors become `DependencyUnavailableError`."""
-        with tracer().start_as_current_span(
-            f"enqueue {queue}",
-            kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "rq",
-                "messaging.destination.name": queue,
-                "messaging.batch.message_count": len(job_ids),
-                "crawldex.job_id": job_ids[0] if len(job_ids) == 1 else "",
-            },
-        ):
+        """A producer span around the enqueue (when traced); Redis errors become `DependencyUnavailableError`."""
+        span = (
+            tracer().start_as_current_span(
+                f"enqueue {queue}",
+                kind=SpanKind.PRODUCER,
+                attributes={
+                    "messaging.system": "rq",
+                    "messaging.destination.name": queue,
+                    "messaging.batch.message_count": len(job_ids),
+                    "crawldex.job_id": job_ids[0] if len(job_ids) == 1 else "",
+                },
+            )
+            if tracing_enabled()
+            else nullcontext()
+        )
+        with span:
             try:
                 yield
             except redis.RedisError as exc:

@@ -1,8 +1,9 @@
 """OpenTelemetry tracing: a span per request, per job and per pipeline stage.
 
 The trace context of the request that queued a job travels in the job's meta (W3C traceparent), so
-one trace shows webhook → queue → worker. Without `CRAWLDEX_OTLP_ENDPOINT` nothing is exported and
-the spans cost next to nothing.
+one trace shows webhook → queue → worker. Without `CRAWLDEX_OTLP_ENDPOINT` no tracer provider is
+installed: nothing is exported, jobs carry no trace context, and the webhook's path skips its spans
+(`tracing_enabled`).
 """
 
 from __future__ import annotations
@@ -44,8 +45,19 @@ def tracer() -> trace.Tracer:
     return _TRACER
 
 
+def tracing_enabled() -> bool:
+    """Whether a tracer provider is installed (`configure_tracing`'s, or one a test or host installs).
+
+    Without one every span is a no-op that still costs its context switches: code on the webhook's path
+    asks first (a webhook's enqueue span and trace carrier were 4 % of its instructions with nothing traced).
+    """
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 def inject_context() -> dict[str, str]:
-    """The current trace context as a carrier to put in a job's meta."""
+    """The current trace context as a carrier to put in a job's meta; empty when nothing is traced."""
+    if not tracing_enabled():
+        return {}
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier

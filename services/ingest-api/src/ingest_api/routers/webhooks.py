@@ -17,7 +17,7 @@ from crawldex.config import Settings
 from crawldex.crawls import completion_kind, schedule_on_completion
 from crawldex.errors import DependencyUnavailableError
 from crawldex.services import Services
-from crawldex.telemetry.metrics import WEBHOOKS_RECEIVED, WEBHOOKS_REJECTED, event_label
+from crawldex.telemetry.metrics import WEBHOOKS_RECEIVED, WEBHOOKS_REJECTED, event_label, series
 from crawldex.urls import canonicalize_url
 from crawldex.webhooks.changedetection import TOKEN_HEADER as CHANGEDETECTION_TOKEN_HEADER
 from crawldex.webhooks.changedetection import parse_notification
@@ -219,7 +219,7 @@ async def _accept(delivery: FirecrawlDelivery, services: Services, charge: RateC
     if not job_ids:
         status_code = status.HTTP_200_OK
         result_status = "recorded" if delivery.is_page_event else "acknowledged"
-    WEBHOOKS_RECEIVED.labels(SOURCE, event_label(delivery.event_type)).inc()
+    series(WEBHOOKS_RECEIVED, SOURCE, event_label(delivery.event_type)).inc()
     answer = WebhookResponse(
         status=result_status,
         event=delivery.event_type,

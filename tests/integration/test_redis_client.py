@@ -1,0 +1,72 @@
+"""The asyncio clients' writes, timed in place: no task a command, and redis-py's errors past the timeout."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Coroutine, Generator
+from typing import Any
+
+import pytest
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from crawldex.adapters.redis_client import async_client
+from tests.conftest import TEST_REDIS_URL
+
+
+async def test_commands_with_a_socket_timeout_run_in_the_callers_task() -> None:
+    client = async_client(TEST_REDIS_URL, socket_timeout=5)
+    loop = asyncio.get_running_loop()
+    created: list[str] = []
+    previous = loop.get_task_factory()
+
+    def counting_factory(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any] | Generator[Any, None, Any]
+    ) -> asyncio.Task[Any]:
+        created.append(getattr(coro, "__qualname__", repr(coro)))
+        return asyncio.Task(coro, loop=loop)
+
+    try:
+        await client.ping()  # connected before counting
+        loop.set_task_factory(counting_factory)
+        await client.set("crawldex:test:write-timed", "value")
+        assert await client.get("crawldex:test:write-timed") == b"value"
+        await client.delete("crawldex:test:write-timed")
+    finally:
+        loop.set_task_factory(previous)
+        await client.aclose()
+    assert created == []  # redis-py's asyncio.wait_for makes one a command on Python 3.11
+
+
+@pytest.fixture
+async def silent_server() -> AsyncIterator[int]:
+    """A TCP server that accepts and never reads: a large enough write fills the buffers and waits."""
+    connections: list[asyncio.StreamWriter] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for writer in connections:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_write_past_the_socket_timeout_raises_redis_timeout_and_closes_the_connection(
+    silent_server: int,
+) -> None:
+    pool = async_client(f"redis://127.0.0.1:{silent_server}/0", socket_timeout=0.3).connection_pool
+    # RESP2, no client name or driver to announce and database 0: connecting sends nothing to be answered.
+    connection = pool.connection_class(**{**pool.connection_kwargs, "protocol": 2, "driver_info": None})
+    await connection.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+    assert connection.is_connected
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(RedisTimeoutError, match="Timeout writing to socket"):
+        await connection.send_packed_command(connection.pack_command("SET", "key", b"x" * (64 << 20)))
+    assert loop.time() - started < 30  # the 0.3 s timeout, not a hang
+    assert not connection.is_connected
+    assert connection.socket_timeout == 0.3  # the next command is timed again
