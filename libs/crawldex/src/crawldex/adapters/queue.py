@@ -26,7 +26,6 @@ from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.utils import now as rq_now
-from rq.utils import utcformat
 
 from crawldex.adapters.rate_limit import GCRA_LUA_FUNCTION, RateCharge, RateLimitedError
 from crawldex.adapters.redis_client import async_client
@@ -103,6 +102,12 @@ return answers
 )
 # Deliveries in one script run at most: Redis runs a script to its end before anything else.
 _DELIVERIES_A_RUN = 32
+
+
+def rq_time(moment: datetime) -> str:
+    """A UTC time as RQ writes it in a job hash (`rq.utils.utcformat`), whose strftime was 1 % of a webhook's
+    instructions."""
+    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 @dataclass(frozen=True)
@@ -534,7 +539,7 @@ class JobQueue:
                 for item in (name, value)
             ]
             self._shared_fields[shared_key] = shared
-        now = utcformat(rq_now())
+        now = rq_time(rq_now())
         own: list[Any] = [
             "created_at",
             now,
