@@ -25,6 +25,7 @@ from benchmarks.common import (
     ensure_commands,
     flush_redis,
     free_port,
+    load_scifact,
     postgres_database,
     progress,
     temp_dir,
@@ -37,7 +38,11 @@ RATED_CONCURRENCY = 8
 P99_TARGET_MS = 25.0
 API_RSS_TARGET_MB = 250.0
 LEVELS = (1, 8, 32)
+# One more run at the rated load with pages of a crawled article's size (no target: what a replica takes
+# of real pages, and how the gap to the bare endpoint grows with the body).
+ARTICLE_BYTES = 8 * 1024
 BODIES_PER_LEVEL = 8000  # each level sends its own deliveries; past this many in 6 s they come round again
+ARTICLES = BODIES_PER_LEVEL  # distinct deliveries, as for each level
 # The limiter runs on every webhook (its Redis round trip is part of the cost), with limits above any load
 # here: the benchmark measures how much the API accepts, not the limit an operator sets.
 UNLIMITED = {
@@ -55,8 +60,11 @@ end
 """
 
 
-def signed_delivery(i: int, webhook_id: str) -> tuple[bytes, str]:
-    """Bench page ``i`` as a signed Firecrawl crawl.page delivery: its body and X-Firecrawl-Signature."""
+def signed_delivery(i: int, webhook_id: str, markdown: str | None = None) -> tuple[bytes, str]:
+    """Bench page ``i`` as a signed Firecrawl crawl.page delivery: its body and X-Firecrawl-Signature.
+
+    The page is a line of text unless ``markdown`` is given.
+    """
     body = json.dumps(
         {
             "success": True,
@@ -65,7 +73,8 @@ def signed_delivery(i: int, webhook_id: str) -> tuple[bytes, str]:
             "webhookId": webhook_id,
             "data": [
                 {
-                    "markdown": f"# Bench page {i}\n\nKEDA scales index workers on the queue length ({i}).",
+                    "markdown": markdown
+                    or f"# Bench page {i}\n\nKEDA scales index workers on the queue length ({i}).",
                     "metadata": {"url": f"https://bench.example/p/{i}", "title": "Bench", "statusCode": 200},
                 }
             ],
@@ -73,6 +82,22 @@ def signed_delivery(i: int, webhook_id: str) -> tuple[bytes, str]:
         separators=(",", ":"),
     ).encode()
     return body, "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
+
+
+def article_pages(count: int, size: int = ARTICLE_BYTES) -> list[str]:
+    """``count`` pages of about ``size`` bytes of real prose (SciFact abstracts, a different run of them on
+    each page): what a crawled article's markdown weighs, against the one-line bench page."""
+    texts = list(load_scifact().corpus.values())
+    pages = []
+    for i in range(count):
+        parts, length, j = [f"# Article {i}"], 0, i * 7
+        while length < size:
+            text = texts[j % len(texts)]
+            parts.append(text)
+            length += len(text.encode()) + 2
+            j += 1
+        pages.append("\n\n".join(parts))
+    return pages
 
 
 def start_tei_contract_server(log: Path) -> tuple[Process, str]:
@@ -92,15 +117,16 @@ def webhook_api_env(
     return api_env(data_dir, port, database_url, CRAWLDEX_TEI_URL=tei_url, **UNLIMITED, **extra)
 
 
-def _webhook_script(path: Path) -> None:
-    """A wrk script of signed crawl.page deliveries, each its own webhookId and URL.
+def _webhook_script(path: Path, pages: list[str | None]) -> None:
+    """A wrk script of signed crawl.page deliveries of ``pages`` (None: the one-line page), each its own
+    webhookId and URL.
 
     `wrk ... -s path -- FIRST`: the threads take turns through the deliveries from FIRST on (a level's own
     range), so no delivery is sent twice until the script has gone round them all.
     """
     entries = []
-    for i in range(BODIES_PER_LEVEL * len(LEVELS)):
-        body, signature = signed_delivery(i, str(uuid.uuid4()))
+    for i, markdown in enumerate(pages):
+        body, signature = signed_delivery(i, str(uuid.uuid4()), markdown)
         entries.append(f'{{[==[{body.decode()}]==], "{signature}"}}')
     path.write_text(
         "bodies = {\n" + ",\n".join(entries) + "\n}\n"
@@ -118,8 +144,8 @@ def _webhook_script(path: Path) -> None:
     )
 
 
-def _bare_script(path: Path) -> None:
-    body = json.dumps({"success": True, "type": "crawl.page", "data": [{"markdown": "# x"}]})
+def _bare_script(path: Path, markdown: str = "# x") -> None:
+    body = json.dumps({"success": True, "type": "crawl.page", "data": [{"markdown": markdown}]})
     path.write_text(
         f"wrk.method = 'POST'\nwrk.path = '/bare'\nwrk.body = [==[{body}]==]\n"
         "wrk.headers['Content-Type'] = 'application/json'\n" + _DONE,
@@ -184,8 +210,12 @@ def _measure(database_url: str, quick: bool) -> Report:
     with temp_dir("ingest") as tmp_name:
         tmp = Path(tmp_name)
         webhook_lua, bare_lua = tmp / "webhook.lua", tmp / "bare.lua"
-        _webhook_script(webhook_lua)
+        _webhook_script(webhook_lua, [None] * (BODIES_PER_LEVEL * len(LEVELS)))
         _bare_script(bare_lua)
+        articles = article_pages(ARTICLES)
+        articles_lua, bare_articles_lua = tmp / "articles.lua", tmp / "bare-articles.lua"
+        _webhook_script(articles_lua, list(articles))
+        _bare_script(bare_articles_lua, articles[0])
         bare_port = free_port()
         bare = Process(
             [sys.executable, "-m", "benchmarks.bare_app", str(bare_port), REDIS_URL], {}, tmp / "bare.log"
@@ -209,6 +239,14 @@ def _measure(database_url: str, quick: bool) -> Report:
                 got = _wrk(api, f"http://127.0.0.1:{port}", webhook_lua, c, seconds, level * BODIES_PER_LEVEL)
                 limit = _wrk(bare, f"http://127.0.0.1:{bare_port}", bare_lua, c, seconds)
                 results[c] = (got, limit)
+            progress(
+                f"ingest: wrk at {RATED_CONCURRENCY} connections with article-sized pages, {seconds} s each"
+            )
+            url = f"http://127.0.0.1:{port}"
+            article_results = (
+                _wrk(api, url, articles_lua, RATED_CONCURRENCY, seconds),
+                _wrk(bare, f"http://127.0.0.1:{bare_port}", bare_articles_lua, RATED_CONCURRENCY, seconds),
+            )
             rss = vm_hwm_mb(api.pid)
         finally:
             if api is not None:
@@ -233,6 +271,18 @@ def _measure(database_url: str, quick: bool) -> Report:
                 else ratio >= 0.5,
             )
         )
+    got, limit = article_results
+    report.rows.append(
+        Row(
+            "3 ingest",
+            f"webhook @ {RATED_CONCURRENCY} conn, {ARTICLE_BYTES // 1024} KiB pages: rps, p50 / p99 ms, "
+            "CPU ms a request",
+            f"{got['rps']:.0f}, {got['p50']:.1f} / {got['p99']:.1f}, {got['cpu_ms']:.2f}"
+            + (f", {got['bad']:.0f} bad" if got["bad"] else ""),
+            baseline=f"bare {limit['rps']:.0f}, {limit['p50']:.1f} / {limit['p99']:.1f}, {limit['cpu_ms']:.2f}",
+            ratio=f"{got['rps'] / limit['rps']:.0%} rps",
+        )
+    )
     report.rows.append(
         Row(
             "6 memory",
@@ -254,7 +304,10 @@ def _measure(database_url: str, quick: bool) -> Report:
         "(CRAWLDEX_TEI_URL; here tests/e2e/tei_contract_server.py speaks TEI's API, as TEI cannot run on this "
         "machine; the webhook path embeds nothing). CPU a request is the server process's user + system time "
         "over the run (/proc) divided by its requests, which the machine's other load does not inflate as it "
-        "does the wall clock. Peak RSS is VmHWM of the API process after all levels. With the in-process "
+        "does the wall clock. The KiB-pages row repeats the rated load with pages of a crawled article's "
+        f"size ({ARTICLE_BYTES // 1024} KiB of SciFact abstracts each, {ARTICLES} deliveries) against the bare "
+        "endpoint given a body of that size (it reads it and pushes 64 bytes); it has no target. Peak RSS is "
+        "VmHWM of the API process after all levels. With the in-process "
         "model instead of TEI the API also holds torch and the model: see the embedded-mode row (benchmark "
         "5's API)."
     )
