@@ -48,7 +48,13 @@ from crawldex.telemetry.metrics import (
     JOBS_STARTED,
     STAGE_DURATION,
 )
-from crawldex.telemetry.tracing import TRACE_META_KEY, extracted_context, span_context_of, tracer
+from crawldex.telemetry.tracing import (
+    TRACE_META_KEY,
+    extracted_context,
+    queue_span_attributes,
+    span_context_of,
+    tracer,
+)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -460,11 +466,7 @@ def _instrumented_job(
         tracer().start_as_current_span(
             f"job {queue}",
             kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "rq",
-                "messaging.destination.name": queue,
-                "crawldex.job_id": job_id or "",
-            },
+            attributes=queue_span_attributes(queue, {"crawldex.job_id": job_id or ""}),
         ) as span,
         log_context(job_id=job_id, url=url, crawl_id=crawl_id),
     ):

@@ -34,7 +34,13 @@ from crawldex.errors import DependencyUnavailableError
 from crawldex.group_commit import GroupCommit
 from crawldex.models import PageDocument, utc_now
 from crawldex.telemetry.metrics import JOBS_DEDUPLICATED, JOBS_ENQUEUED, series
-from crawldex.telemetry.tracing import TRACE_META_KEY, inject_context, tracer, tracing_enabled
+from crawldex.telemetry.tracing import (
+    TRACE_META_KEY,
+    inject_context,
+    queue_span_attributes,
+    tracer,
+    tracing_enabled,
+)
 from crawldex.urls import canonicalize_url
 
 INDEX_JOB = "crawldex.jobs.index_page"
@@ -426,12 +432,13 @@ class JobQueue:
             tracer().start_as_current_span(
                 f"enqueue {queue}",
                 kind=SpanKind.PRODUCER,
-                attributes={
-                    "messaging.system": "rq",
-                    "messaging.destination.name": queue,
-                    "messaging.batch.message_count": len(job_ids),
-                    "crawldex.job_id": job_ids[0] if len(job_ids) == 1 else "",
-                },
+                attributes=queue_span_attributes(
+                    queue,
+                    {
+                        "messaging.batch.message_count": len(job_ids),
+                        "crawldex.job_id": job_ids[0] if len(job_ids) == 1 else "",
+                    },
+                ),
             )
             if tracing_enabled()
             else nullcontext()

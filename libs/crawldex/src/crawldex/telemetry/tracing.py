@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanContext
+from opentelemetry.util.types import AttributeValue
 
 from crawldex.config import Settings
 
@@ -43,6 +44,12 @@ def configure_tracing(settings: Settings, service_name: str) -> None:
 
 def tracer() -> trace.Tracer:
     return _TRACER
+
+
+def queue_span_attributes(queue: str, attributes: Mapping[str, AttributeValue]) -> dict[str, AttributeValue]:
+    """OpenTelemetry's messaging attributes of a span about a job of ``queue`` (producer or consumer), and
+    ``attributes``."""
+    return {"messaging.system": "rq", "messaging.destination.name": queue, **attributes}
 
 
 def tracing_enabled() -> bool:
