@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import zlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -46,8 +47,10 @@ def queue(clean_redis: redis.Redis, settings: Settings, async_connection: aiored
 
 
 def _comparable(fields: Mapping[Any, Any]) -> dict[bytes, object]:
-    """A job's hash without its timestamps, and its meta without the trace context (ours carries one)."""
+    """A job's hash without its timestamps, its data inflated (ours is compressed by another deflate, as RQ's
+    worker reads it: with zlib), and its meta without the trace context (ours carries one)."""
     comparable: dict[bytes, object] = {name: value for name, value in fields.items() if name not in MOMENTS}
+    comparable[b"data"] = zlib.decompress(fields[b"data"])
     meta = json.loads(fields[b"meta"])
     meta.pop(TRACE_META_KEY, None)
     comparable[b"meta"] = meta
@@ -103,6 +106,22 @@ async def test_rq_reads_the_job_and_its_worker_runs_it(queue: JobQueue, clean_re
     job.refresh()  # type: ignore[no-untyped-call]
     assert job.get_status() == JobStatus.SCHEDULED  # failed once, a retry is scheduled
     assert job.retries_left == queue._settings.index_job_retries - 1
+
+
+async def test_a_long_pages_job_data_is_a_zlib_stream_rq_reads(
+    queue: JobQueue, clean_redis: redis.Redis
+) -> None:
+    prose = " ".join(
+        f"Sentence {i} of a long page, about queue {i % 7} and worker {i % 11}." for i in range(3000)
+    )
+    page = PageDocument(url="https://queue.example/long", markdown=f"# Long\n\n{prose}", crawl_id="crawl-q")
+    (enqueued,) = await queue.enqueue_pages([page], delivery_id="delivery-long", meta=META)
+
+    stored = clean_redis.hget(Job.key_for(enqueued.job_id), "data")
+    assert stored is not None
+    assert len(stored) < len(page.markdown) / 2  # compressed, not stored as it came
+    job = Job.fetch(enqueued.job_id, connection=clean_redis, serializer=JSONSerializer)
+    assert job.args == [page.model_dump(mode="json"), None]
 
 
 async def test_a_replayed_delivery_joins_its_job_and_a_new_one_is_queued(
