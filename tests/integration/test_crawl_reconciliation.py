@@ -19,14 +19,16 @@ from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from rq import Queue
 from rq.serializers import JSONSerializer
+from sqlalchemy import select
 
 from crawldex.adapters.firecrawl import FirecrawlScraper
 from crawldex.adapters.local_model import LocalModelEmbedder
 from crawldex.config import QUEUE_INDEXING, Settings
 from crawldex.crawls import ReceivedPagesRecorder, reconcile, record_index_end, record_received
-from crawldex.db.crawls import CrawlRepository
+from crawldex.db.crawls import CrawlRepository, PageDelivery
 from crawldex.db.database import Database
 from crawldex.db.migrate import upgrade
+from crawldex.db.tables import CrawlPage, CrawlPageState
 from crawldex.models import PageDocument, utc_now
 from crawldex.services import Services
 from crawldex.urls import canonicalize_url
@@ -547,3 +549,51 @@ async def test_page_states_follow_the_newest_delivery_in_any_order(crawls: Crawl
         CRAWL_ID, [canonicalize_url(fast.url), "https://docs.example.com/other"]
     ) == {canonicalize_url(fast.url)}
     assert await crawls.summary("another-crawl") is None
+
+
+async def test_deliveries_of_one_page_in_one_write_leave_what_writing_them_in_turn_leaves(
+    crawls: CrawlRepository, crawl_database_url: str
+) -> None:
+    """PostgreSQL writes a batch as one statement, SQLite a statement a row: the same rows either way."""
+    at = utc_now().replace(microsecond=0)
+
+    def delivery(path: str, job_id: str, seconds: int = 0) -> PageDelivery:
+        url = f"https://docs.example.com{path}"
+        return PageDelivery(url, url, "crawl.page", job_id, at + timedelta(seconds=seconds))
+
+    await crawls.record_deliveries(
+        [
+            (CRAWL_ID, [delivery("/a", "job-a1")]),
+            (CRAWL_ID, [delivery("/a", "job-a2", seconds=5), delivery("/b", "job-b2", seconds=5)]),
+            (CRAWL_ID, [delivery("/a", "job-a1"), delivery("/b", "job-b1")]),  # older, after the newer
+            ("other-crawl", [delivery("/a", "job-other")]),  # the same page of another crawl is its own row
+            (CRAWL_ID, [delivery("/nul\x00", "job-nul")]),  # U+0000 is written as U+FFFD, as for one row
+        ]
+    )
+    # The same job's end, twice in one batch, after its delivery: the row ends indexed.
+    await crawls.record_deliveries(
+        [
+            (CRAWL_ID, [delivery("/a", "job-a2", seconds=5)]),
+            (CRAWL_ID, [delivery("/a", "job-a2", seconds=5)]),
+        ],
+        state=CrawlPageState.INDEXED,
+    )
+
+    database = Database.connect(crawl_database_url)
+    try:
+        async with database.statement() as conn:
+            rows = (
+                await conn.execute(
+                    select(CrawlPage.crawl_id, CrawlPage.url, CrawlPage.job_id, CrawlPage.state).order_by(
+                        CrawlPage.crawl_id, CrawlPage.url
+                    )
+                )
+            ).all()
+    finally:
+        await database.dispose()
+    assert [tuple(row) for row in rows] == [
+        (CRAWL_ID, "https://docs.example.com/a", "job-a2", "indexed"),
+        (CRAWL_ID, "https://docs.example.com/b", "job-b2", "pending"),
+        (CRAWL_ID, "https://docs.example.com/nul\ufffd", "job-nul", "pending"),
+        ("other-crawl", "https://docs.example.com/a", "job-other", "pending"),
+    ]

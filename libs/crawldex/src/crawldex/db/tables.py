@@ -34,6 +34,18 @@ NAMING = {
 }
 
 
+def stored_time(value: datetime) -> datetime:
+    """``value`` as a `UTCDateTime` column stores it: in UTC; a naive time is refused (ValueError)."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime: crawldex stores timezone-aware UTC times only")
+    return value.astimezone(UTC)
+
+
+def stored_text(value: str) -> str:
+    """``value`` as a `StoredText` column stores it: U+0000 as U+FFFD."""
+    return value.replace("\x00", "\ufffd")
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC on every backend: SQLite stores no zone and hands back naive values."""
 
@@ -41,11 +53,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime: crawldex stores timezone-aware UTC times only")
-        return value.astimezone(UTC)
+        return stored_time(value) if value is not None else None
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -66,7 +74,7 @@ class StoredText(TypeDecorator[str]):
         self.impl = String(length) if length is not None else Text()
 
     def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
-        return value.replace("\x00", "\ufffd") if value is not None else None
+        return stored_text(value) if value is not None else None
 
 
 class Base(DeclarativeBase):
