@@ -137,7 +137,7 @@ class ReceivedPagesRecorder:
         *,
         max_deliveries_per_write: int = 200,
         max_waiting: int = 10_000,
-        gather_seconds: float = 0.02,
+        gather_seconds: float = 0.1,
     ) -> None:
         self._crawls = crawls
         self._max = max_deliveries_per_write
