@@ -51,7 +51,25 @@ RESCRAPE_JOB = "crawldex.jobs.rescrape_page"
 RECONCILE_JOB = "crawldex.jobs.reconcile_crawl"
 _PENDING = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 _PENDING_OR_DONE = {*_PENDING, JobStatus.FINISHED}
-_serialized: Callable[[Any], bytes] = JSONSerializer.dumps  # how RQ writes a job's data and meta
+
+
+def _serialized(value: Any) -> bytes:
+    """A job's data or meta as RQ's `JSONSerializer` writes it, and reads back, but with every character as
+    itself in UTF-8 rather than escaped to ASCII: shorter for a page in any script but Latin, and a tenth of
+    the cost of escaping on the webhook's path."""
+    return json.dumps(value, ensure_ascii=False).encode()
+
+
+def _hash_text(value: object) -> str:
+    """A job hash's value as redis-py would send it: a string (an enum of str by its value) or an integer's
+    digits."""
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(f"a job hash value of type {type(value).__name__}")
+
+
 # The fields of RQ's job hash (`Job.to_dict`) that differ from one job of a kind to the next.
 _OWN_FIELDS = frozenset({"created_at", "enqueued_at", "data", "description", "meta", "retry_intervals"})
 # A job's data is a zlib stream, as RQ writes it and its worker inflates it, made by ISA-L at its level 1:
@@ -66,8 +84,9 @@ JOB_DATA_COMPRESSION_LEVEL = 1
 # that delivery is written.
 # KEYS: the queue, rq:queues, then for each delivery its jobs' hashes and its charge's bucket if any.
 # ARGV: the number of deliveries, then for each its number of jobs, its charge's interval and capacity ("" for
-# none), and for each job its id, its number of hash fields and the fields (RQ's own, `Job.to_dict`;
-# tests/integration/test_queue_enqueue.py compares them with RQ's).
+# none), and for each job its id, its number of own hash fields, the fields every job of its kind shares (one
+# JSON array of names and values, the same string for each: decoded once a run) and its own fields (together
+# RQ's own, `Job.to_dict`; tests/integration/test_queue_enqueue.py compares them with RQ's).
 # Returns for each delivery the charge's answer ({1, 0, 0} without one; see `gcra`) and, unless refused, for
 # each job 1 if it was queued and 0 if a job of that id exists.
 _ENQUEUE_UNIQUE = (
@@ -76,6 +95,7 @@ _ENQUEUE_UNIQUE = (
 local answers = {}
 local at, key = 2, 3
 local queued = false
+local shared = {}
 for d = 1, tonumber(ARGV[1]) do
     local jobs = tonumber(ARGV[at])
     local charged = ARGV[at + 1] ~= ""
@@ -90,14 +110,17 @@ for d = 1, tonumber(ARGV[1]) do
             if redis.call("EXISTS", KEYS[key]) == 1 then
                 answer[i + 3] = 0
             else
-                redis.call("HSET", KEYS[key], unpack(ARGV, at + 2, at + 1 + fields))
+                local kind = ARGV[at + 2]
+                shared[kind] = shared[kind] or cjson.decode(kind)
+                redis.call("HSET", KEYS[key], unpack(ARGV, at + 3, at + 2 + fields))
+                redis.call("HSET", KEYS[key], unpack(shared[kind]))
                 redis.call("RPUSH", KEYS[1], ARGV[at])
                 answer[i + 3] = 1
                 queued = true
             end
         end
         key = key + 1
-        at = at + 2 + fields
+        at = at + 3 + fields
     end
     if charged then
         key = key + 1
@@ -249,7 +272,7 @@ class JobQueue:
             name: Queue(name, connection=connection, serializer=JSONSerializer)
             for name in (QUEUE_INDEXING, QUEUE_RESCRAPE)
         }
-        self._shared_fields: dict[tuple[str, str, int, int], list[Any]] = {}
+        self._shared_fields: dict[tuple[str, str, int, int], str] = {}
         self._enqueue_script = connection.register_script(_ENQUEUE_UNIQUE)
         # The API's deliveries of pages: those that arrive while one script run is out go in the next.
         self._index_deliveries: GroupCommit[_DeliveryPart, list[Any]] | None = None
@@ -516,8 +539,8 @@ class JobQueue:
             keys.append(charge.key)
             args[1:] = [charge.limit.interval_us, charge.limit.capacity_us]
         for spec in specs:
-            fields = self._job_fields(spec, meta)
-            args += [spec.job_id, len(fields), *fields]
+            own = self._own_fields(spec, meta)
+            args += [spec.job_id, len(own), self._shared_fields_of(spec, meta), *own]
         return _DeliveryPart(keys, args)
 
     def _script_arguments(self, queue: str, parts: Sequence[_DeliveryPart]) -> tuple[list[str], list[Any]]:
@@ -534,22 +557,28 @@ class JobQueue:
         keys, args = self._script_arguments(queue, parts)
         return list(self._enqueue_script(keys, args))
 
-    def _job_fields(self, spec: _JobSpec, meta: dict[str, Any] | None) -> list[Any]:
-        """The job's hash exactly as RQ's `Job.to_dict` writes it, as names and values, without an RQ `Job` for
-        each page (its construction and `to_dict` were a tenth of a webhook's CPU). The fields every job of a
-        kind shares come from one job RQ built; this job's own are made here with RQ's serializer and time
-        format."""
+    def _shared_fields_of(self, spec: _JobSpec, meta: dict[str, Any] | None) -> str:
+        """The fields of the job's hash that every job of its kind shares, as `_ENQUEUE_UNIQUE` takes them: one
+        JSON array of names and values, taken from one job RQ built (made once a kind)."""
         shared_key = (spec.queue, spec.function, spec.timeout, spec.retries)
         shared = self._shared_fields.get(shared_key)
         if shared is None:
             model = self._queued_job(spec, meta).to_dict()
-            shared = [
-                item
-                for name, value in model.items()
-                if value is not None and name not in _OWN_FIELDS
-                for item in (name, value)
-            ]
+            shared = json.dumps(
+                [
+                    _hash_text(item)
+                    for name, value in model.items()
+                    if value is not None and name not in _OWN_FIELDS
+                    for item in (name, value)
+                ]
+            )
             self._shared_fields[shared_key] = shared
+        return shared
+
+    def _own_fields(self, spec: _JobSpec, meta: dict[str, Any] | None) -> list[Any]:
+        """The job's own fields of its hash as RQ's `Job.to_dict` writes them (with `_shared_fields_of`, the
+        whole hash), as names and values, without an RQ `Job` for each page (its construction and `to_dict`
+        were a tenth of a webhook's CPU): made here with RQ's time format and JSON."""
         now = rq_time(rq_now())
         own: list[Any] = [
             "created_at",
@@ -565,7 +594,7 @@ class JobQueue:
         ]
         if spec.retries > 0:
             own += ["retry_intervals", json.dumps(self._jittered(spec.intervals))]
-        return own + shared
+        return own
 
     def _schedule_unique(self, spec: _JobSpec, job: Job) -> bool:
         """Into the scheduled registry unless the job id exists (RQ's `enqueue_in` is never unique)."""
