@@ -76,16 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         "--only", action="append", choices=[*BENCHMARKS, "gpu"], help="run only this benchmark (repeatable)"
     )
     parser.add_argument(
-        "--large", action="store_true", help="also measure search at 100k points (adds ~6 minutes)"
-    )
-    parser.add_argument(
         "--write",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="write docs/benchmarks.md (default: only for a full run, without --quick or --only)",
     )
     args = parser.parse_args(argv)
-    search_latency.INCLUDE_100K = args.large
     names = args.only or [*BENCHMARKS, "gpu"]
     started = time.perf_counter()
     reports = [_gpu() if name == "gpu" else _run_one(name, args.quick) for name in names]
