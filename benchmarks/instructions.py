@@ -135,12 +135,14 @@ async def _drive(target: str, signals: Path) -> None:
     async with app.router.lifespan_context(app):
         if target == "webhook":
             _write_received_pages_by_count(app)
-        for i in range(WARM_UP + MEASURED):
+        # Made before the count: signing a delivery is the sender's work, not the server's.
+        deliveries = [signed_delivery(i, str(uuid.UUID(int=i + 1))) for i in range(WARM_UP + MEASURED)]
+        for i, delivery in enumerate(deliveries):
             if i == WARM_UP:
                 await _settle(app)
                 (signals / "ready").touch()
                 await _wait_for(signals / "counting")
-            await _post(app, path, *signed_delivery(i, str(uuid.UUID(int=i + 1))))
+            await _post(app, path, *delivery)
         await _settle(app)
         (signals / "done").touch()
         await _wait_for(signals / "stopped")
