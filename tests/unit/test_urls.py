@@ -6,7 +6,17 @@ from hypothesis import strategies as st
 from hypothesis.provisional import urls
 
 from crawldex.errors import InvalidDocumentError
-from crawldex.urls import _normalize_each, canonicalize_url, document_id, domain_of, normalize_path, point_id
+from crawldex.urls import (
+    _ALREADY_CANONICAL,
+    _canonical,
+    _normalize_each,
+    _parsed_canonical,
+    canonicalize_url,
+    document_id,
+    domain_of,
+    normalize_path,
+    point_id,
+)
 
 
 @pytest.mark.parametrize(
@@ -163,3 +173,30 @@ def test_every_web_url_is_accepted_and_its_canonical_form_is_a_fixed_point(url: 
     once = canonicalize_url(url)
     assert canonicalize_url(once) == once
     assert document_id(once) == document_id(canonicalize_url(once))
+
+
+@given(_built_urls | urls() | st.from_regex(_ALREADY_CANONICAL, fullmatch=True))
+@example("http://example.com")
+@example("https://example.com.")
+@example("https://example.com./a")
+@example("https://a..b/")
+@example("https://user@example.com/a")
+@example("https://example.com:443/a")
+@example("https://example.com//a/./b/../c")
+@example("https://example.com/a?")
+@example("https://example.com/a#")
+@example("https://example.com/a%7e")
+@example("https://example.com/a b")
+@example("https://example.com/a\tb")
+@example(" https://example.com/a")
+@example("https://Example.com/A")
+@example("https://example.com/" + "a" * 8200)
+def test_the_shortcut_for_an_already_canonical_url_answers_as_the_parse_does(url: str) -> None:
+    uncached = _canonical.__wrapped__
+    try:
+        expected = _parsed_canonical(url)
+    except InvalidDocumentError:
+        with pytest.raises(InvalidDocumentError):
+            uncached(url)
+        return
+    assert uncached(url) == expected
