@@ -21,6 +21,7 @@ import redis
 import redis.asyncio as aioredis
 from isal import isal_zlib
 from opentelemetry.trace import SpanKind
+from pydantic_core import to_json
 from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
@@ -54,10 +55,11 @@ _PENDING_OR_DONE = {*_PENDING, JobStatus.FINISHED}
 
 
 def _serialized(value: Any) -> bytes:
-    """A job's data or meta as RQ's `JSONSerializer` writes it, and reads back, but with every character as
-    itself in UTF-8 rather than escaped to ASCII: shorter for a page in any script but Latin, and a tenth of
-    the cost of escaping on the webhook's path."""
-    return json.dumps(value, ensure_ascii=False).encode()
+    """A job's data or meta as JSON that RQ's `JSONSerializer` reads back, written by pydantic-core in one
+    call (the standard encoder with its options set up its encoder anew on every call: ~100 bytecodes),
+    without spaces and with every character as itself in UTF-8 rather than escaped to ASCII: shorter for a
+    page in any script but Latin, and a tenth of the cost of escaping on the webhook's path."""
+    return to_json(value)
 
 
 def _hash_text(value: object) -> str:
@@ -182,8 +184,7 @@ def index_job_id(page: PageDocument, delivery_id: str | None) -> str:
     same content is queued again, or a page that changes A → B → A would find its third version's job
     done (the first) and keep B.
     """
-    digest = hashlib.sha256()
-    parts = [
+    parts = (
         canonicalize_url(page.url),
         page.url,
         page.title or "",
@@ -192,10 +193,9 @@ def index_job_id(page: PageDocument, delivery_id: str | None) -> str:
         page.crawl_id or "",
         page.markdown,
         delivery_id or "",
-    ]
-    for part in parts:
-        digest.update(part.encode("utf-8"))
-        digest.update(b"\x00")
+        "",  # each part ends with a NUL, the last one too
+    )
+    digest = hashlib.sha256("\x00".join(parts).encode("utf-8"))
     return f"{INDEX_JOB_ID_PREFIX}{digest.hexdigest()[:40]}"
 
 
