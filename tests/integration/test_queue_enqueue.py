@@ -48,8 +48,8 @@ def queue(clean_redis: redis.Redis, settings: Settings, async_connection: aiored
 
 def _comparable(fields: Mapping[Any, Any]) -> dict[bytes, object]:
     """A job's hash without its timestamps, its data inflated and parsed (ours is compressed by another
-    deflate and its JSON keeps characters beyond ASCII as they are; RQ's worker reads both with zlib and
-    json), and its meta without the trace context (ours carries one)."""
+    deflate and its JSON has no spaces and keeps characters beyond ASCII as they are; RQ's worker reads both
+    with zlib and json), and its meta parsed, without the trace context (ours carries one)."""
     comparable: dict[bytes, object] = {name: value for name, value in fields.items() if name not in MOMENTS}
     comparable[b"data"] = json.loads(zlib.decompress(fields[b"data"]))
     meta = json.loads(fields[b"meta"])

@@ -593,7 +593,8 @@ class JobQueue:
             _serialized(self._meta(meta)),
         ]
         if spec.retries > 0:
-            own += ["retry_intervals", json.dumps(self._jittered(spec.intervals))]
+            # As `json.dumps` writes a list of integers, as RQ writes it, without its encoder's set-up.
+            own += ["retry_intervals", f"[{', '.join(map(str, self._jittered(spec.intervals)))}]"]
         return own
 
     def _schedule_unique(self, spec: _JobSpec, job: Job) -> bool:

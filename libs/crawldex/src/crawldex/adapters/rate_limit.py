@@ -22,6 +22,7 @@ unreachable Redis costs each request nothing rather than a connect timeout.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -80,16 +81,17 @@ class RateLimit:
         if self.per_minute < 1 or self.burst < 1:
             raise ValueError(f"a rate limit needs per_minute >= 1 and burst >= 1, not {self}")
 
-    @property
+    # Cached: read several times a request (the charge, its decision, the answer's headers).
+    @functools.cached_property
     def interval_us(self) -> int:
         """Microseconds one request uses up; rounded up, so the rate never exceeds ``per_minute``."""
         return -(-60 * MICROSECONDS // self.per_minute)
 
-    @property
+    @functools.cached_property
     def capacity_us(self) -> int:
         return self.interval_us * self.burst
 
-    @property
+    @functools.cached_property
     def policy(self) -> str:
         """The ``RateLimit-Policy`` value: ``burst`` requests per the time a full bucket takes to refill."""
         return f"{self.burst};w={math.ceil(self.capacity_us / MICROSECONDS)}"
