@@ -70,3 +70,30 @@ async def test_a_write_past_the_socket_timeout_raises_redis_timeout_and_closes_t
     assert loop.time() - started < 30  # the 0.3 s timeout, not a hang
     assert not connection.is_connected
     assert connection.socket_timeout == 0.3  # the next command is timed again
+
+
+async def test_a_write_that_fits_the_buffer_sets_no_timer_and_a_larger_one_is_timed(
+    silent_server: int,
+) -> None:
+    pool = async_client(f"redis://127.0.0.1:{silent_server}/0", socket_timeout=5).connection_pool
+    connection = pool.connection_class(**{**pool.connection_kwargs, "protocol": 2, "driver_info": None})
+    await connection.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+    loop = asyncio.get_running_loop()
+    timers: list[float] = []
+    call_at = loop.call_at
+
+    def noting_call_at(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        timers.append(when)
+        return call_at(when, callback, *args, **kwargs)
+
+    loop.call_at = noting_call_at  # type: ignore[method-assign, assignment]
+    try:
+        await connection.send_packed_command(connection.pack_command("SET", "key", "small"))
+        assert timers == []  # it cannot wait: nothing to time
+        # Past the transport's high-water mark (64 KiB): the drain may wait, so the write is timed. The
+        # kernel's buffers still take it, so it completes.
+        await connection.send_packed_command(connection.pack_command("SET", "key", b"x" * (1 << 17)))
+        assert len(timers) == 1
+    finally:
+        loop.call_at = call_at  # type: ignore[method-assign]
+        await connection.disconnect()

@@ -75,12 +75,36 @@ class _WriteTimedInPlace(AbstractConnection):
         # nothing else reads the attribute meanwhile.
         self.socket_timeout = None
         try:
+            if self._write_cannot_wait(command):
+                await super().send_packed_command(command, check_health=False)
+                return
             async with asyncio.timeout(timeout):
                 await super().send_packed_command(command, check_health=False)
         except TimeoutError:
             raise RedisTimeoutError("Timeout writing to socket") from None
         finally:
             self.socket_timeout = timeout
+
+    def _write_cannot_wait(self, command: bytes | str | Iterable[bytes]) -> bool:
+        """Whether writing ``command`` leaves the transport's buffer under its high-water mark, the buffer being
+        at or under its low-water mark now (so writing is not paused): then the write and its drain return
+        without waiting on the socket, and a timeout (a timer set and cancelled) has nothing to time. Commands
+        are packed as a list of bytes; anything else is timed."""
+        if isinstance(command, bytes | str):
+            size = len(command)
+        elif isinstance(command, list):
+            size = sum(len(part) for part in command)
+        else:
+            return False
+        transport = self._writer.transport if self._writer is not None else None
+        if transport is None or transport.is_closing():
+            return False
+        try:
+            buffered = transport.get_write_buffer_size()
+            low_water, high_water = transport.get_write_buffer_limits()
+        except (AttributeError, NotImplementedError):  # a transport that does not say: time the write
+            return False
+        return bool(buffered <= low_water and buffered + size <= high_water)
 
 
 class _Connection(_HiredisPacking, _WriteTimedInPlace, aioredis.Connection):
