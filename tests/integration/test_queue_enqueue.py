@@ -219,25 +219,14 @@ async def test_a_rate_charge_is_counted_with_the_jobs_and_a_refused_one_queues_n
     assert not refused_job.deduplicated  # nothing of the refused delivery had been written
 
 
-class CommandLog(aioredis.Redis):
-    """A Redis client that notes the name of every command it sends."""
-
-    def __init__(self, redis_url: str) -> None:
-        super().__init__(connection_pool=aioredis.ConnectionPool.from_url(redis_url))
-        self.sent: list[str] = []
-
-    async def execute_command(self, *args: Any, **options: Any) -> Any:
-        self.sent.append(str(args[0]).upper())
-        return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
-
-
 async def test_deliveries_that_meet_go_in_one_script_run_each_with_its_own_answer(
     clean_redis: redis.Redis, settings: Settings, redis_url: str
 ) -> None:
     """Deliveries that arrive while a script run is out go together in the next: each is still charged to its
     own sender, a refused one writes nothing, and the others are queued in order, as RQ would queue them."""
-    connection = CommandLog(redis_url)
+    connection = connect_async_redis(redis_url)
     queue = JobQueue(clean_redis, settings, async_connection=connection)
+    clean_redis.config_resetstat()
     limit = RateLimit(per_minute=1, burst=1)
     pages = [PageDocument(url=f"https://queue.example/{i}", markdown=f"# {i}") for i in range(4)]
     pages.append(pages[3])
@@ -256,7 +245,8 @@ async def test_deliveries_that_meet_go_in_one_script_run_each_with_its_own_answe
         ),
         return_exceptions=True,
     )
-    await connection.aclose(close_connection_pool=True)
+    await queue.aclose()
+    await connection.aclose()
 
     first, second, refused, fourth, replay = answers
     assert isinstance(refused, RateLimitedError)  # 192.0.2.1's second delivery, over its burst of one
@@ -272,7 +262,8 @@ async def test_deliveries_that_meet_go_in_one_script_run_each_with_its_own_answe
     ]
     assert replay[0].job_id == fourth[0].job_id
     # The first went alone (nothing was out); the other four came while it was, and went in one run.
-    assert connection.sent.count("EVALSHA") == 2
+    evalsha = clean_redis.info("commandstats")["cmdstat_evalsha"]
+    assert evalsha["calls"] - evalsha["failed_calls"] == 2
     queued = clean_redis.lrange(f"rq:queue:{QUEUE_INDEXING}", 0, -1)
     assert queued == [answer[0].job_id.encode() for answer in (first, second, fourth)]
     assert clean_redis.smembers("rq:queues") == {f"rq:queue:{QUEUE_INDEXING}".encode()}
@@ -280,3 +271,27 @@ async def test_deliveries_that_meet_go_in_one_script_run_each_with_its_own_answe
         stored = clean_redis.hgetall(Job.key_for(answer[0].job_id))
         assert stored[b"status"] == b"queued"
     assert not queue.enqueue_index(pages[2], delivery_id="d-2").deduplicated  # nothing of it was written
+
+
+async def test_the_script_runs_connection_comes_back_after_redis_drops_it(
+    queue: JobQueue, clean_redis: redis.Redis
+) -> None:
+    """The script runs keep one connection; when Redis drops it (a restart, a failover, `CLIENT KILL`) the
+    next delivery is queued all the same, on a new one."""
+    (first,) = await queue.enqueue_pages([PAGE], delivery_id="delivery-1", meta=META)
+    database = clean_redis.connection_pool.connection_kwargs.get("db", 0)
+    runners = [c for c in clean_redis.client_list() if c["cmd"] == "evalsha" and int(c["db"]) == database]
+    assert runners
+    for client in runners:
+        clean_redis.client_kill_filter(_id=client["id"])
+
+    other = PageDocument(url="https://queue.example/after-the-drop", markdown="# After")
+    (second,) = await queue.enqueue_pages([other], delivery_id="delivery-2", meta=META)
+
+    assert not first.deduplicated
+    assert not second.deduplicated
+    assert clean_redis.lrange(f"rq:queue:{QUEUE_INDEXING}", 0, -1) == [
+        first.job_id.encode(),
+        second.job_id.encode(),
+    ]
+    await queue.aclose()

@@ -246,6 +246,7 @@ class Services:
                 RECORD_FLUSH_SECONDS,
             )
         await self.database.dispose()
+        await self.queue.aclose()
         await self.async_redis.aclose()
         self.queue.connection.close()
         if self.owns_embedder:
