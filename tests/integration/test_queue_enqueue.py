@@ -58,9 +58,12 @@ def _comparable(fields: Mapping[Any, Any]) -> dict[bytes, object]:
     return comparable
 
 
+@pytest.mark.parametrize("retries", [3, 0])  # with retries the hash has their intervals, without none
 async def test_a_delivery_is_stored_as_rqs_own_unique_enqueue_stores_it(
-    queue: JobQueue, clean_redis: redis.Redis, settings: Settings
+    clean_redis: redis.Redis, settings: Settings, async_connection: aioredis.Redis, retries: int
 ) -> None:
+    settings = settings.model_copy(update={"index_job_retries": retries})
+    queue = JobQueue(clean_redis, settings, async_connection=async_connection)
     (enqueued,) = await queue.enqueue_pages([PAGE], delivery_id="delivery-1", meta=META)
     assert not enqueued.deduplicated
     ours = clean_redis.hgetall(Job.key_for(enqueued.job_id))
@@ -75,11 +78,12 @@ async def test_a_delivery_is_stored_as_rqs_own_unique_enqueue_stores_it(
         job_timeout=settings.index_job_timeout_seconds,
         result_ttl=settings.job_result_ttl_seconds,
         failure_ttl=settings.job_failure_ttl_seconds,
-        retry=Retry(max=settings.index_job_retries, interval=list(settings.index_job_retry_intervals)),
+        retry=Retry(max=retries, interval=list(settings.index_job_retry_intervals)) if retries else None,
         meta=META,
         description=f"index {PAGE.url}",
     )
     theirs = clean_redis.hgetall(Job.key_for(enqueued.job_id))
+    await queue.aclose()
 
     assert set(ours) == set(theirs)
     assert _comparable(ours) == _comparable(theirs)

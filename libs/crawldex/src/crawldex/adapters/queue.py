@@ -86,9 +86,10 @@ JOB_DATA_COMPRESSION_LEVEL = 1
 # that delivery is written.
 # KEYS: the queue, rq:queues, then for each delivery its jobs' hashes and its charge's bucket if any.
 # ARGV: the number of deliveries, then for each its number of jobs, its charge's interval and capacity ("" for
-# none), and for each job its id, its number of own hash fields, the fields every job of its kind shares (one
-# JSON array of names and values, the same string for each: decoded once a run) and its own fields (together
-# RQ's own, `Job.to_dict`; tests/integration/test_queue_enqueue.py compares them with RQ's).
+# none), and for each job its id, the fields every job of its kind shares (one JSON array of names and values,
+# the same string for each: decoded once a run) and the values of its own fields, named by the script: its
+# creation and enqueue time (one value), data, description, meta and retry intervals ("" for none). Together
+# they are RQ's own hash (`Job.to_dict`; tests/integration/test_queue_enqueue.py compares them with RQ's).
 # Returns for each delivery the charge's answer ({1, 0, 0} without one; see `gcra`) and, unless refused, for
 # each job 1 if it was queued and 0 if a job of that id exists.
 _ENQUEUE_UNIQUE = (
@@ -107,14 +108,18 @@ for d = 1, tonumber(ARGV[1]) do
     end
     at = at + 3
     for i = 1, jobs do
-        local fields = tonumber(ARGV[at + 1])
         if answer[1] == 1 then
             if redis.call("EXISTS", KEYS[key]) == 1 then
                 answer[i + 3] = 0
             else
-                local kind = ARGV[at + 2]
+                local kind = ARGV[at + 1]
                 shared[kind] = shared[kind] or cjson.decode(kind)
-                redis.call("HSET", KEYS[key], unpack(ARGV, at + 3, at + 2 + fields))
+                local moment = ARGV[at + 2]
+                redis.call("HSET", KEYS[key], "created_at", moment, "enqueued_at", moment, "data", ARGV[at + 3],
+                    "description", ARGV[at + 4], "meta", ARGV[at + 5])
+                if ARGV[at + 6] ~= "" then
+                    redis.call("HSET", KEYS[key], "retry_intervals", ARGV[at + 6])
+                end
                 redis.call("HSET", KEYS[key], unpack(shared[kind]))
                 redis.call("RPUSH", KEYS[1], ARGV[at])
                 answer[i + 3] = 1
@@ -122,7 +127,7 @@ for d = 1, tonumber(ARGV[1]) do
             end
         end
         key = key + 1
-        at = at + 3 + fields
+        at = at + 7
     end
     if charged then
         key = key + 1
@@ -556,8 +561,7 @@ class JobQueue:
             keys.append(charge.key)
             args[1:] = [charge.limit.interval_us, charge.limit.capacity_us]
         for spec in specs:
-            own = self._own_fields(spec, meta)
-            args += [spec.job_id, len(own), self._shared_fields_of(spec, meta), *own]
+            args += [spec.job_id, self._shared_fields_of(spec, meta), *self._own_values(spec, meta)]
         return _DeliveryPart(keys, args)
 
     def _script_arguments(self, queue: str, parts: Sequence[_DeliveryPart]) -> tuple[list[str], list[Any]]:
@@ -592,27 +596,19 @@ class JobQueue:
             self._shared_fields[shared_key] = shared
         return shared
 
-    def _own_fields(self, spec: _JobSpec, meta: dict[str, Any] | None) -> list[Any]:
-        """The job's own fields of its hash as RQ's `Job.to_dict` writes them (with `_shared_fields_of`, the
-        whole hash), as names and values, without an RQ `Job` for each page (its construction and `to_dict`
-        were a tenth of a webhook's CPU): made here with RQ's time format and JSON."""
-        now = rq_time(rq_now())
-        own: list[Any] = [
-            "created_at",
-            now,
-            "enqueued_at",
-            now,
-            "data",
+    def _own_values(self, spec: _JobSpec, meta: dict[str, Any] | None) -> list[Any]:
+        """The values of the job's own fields of its hash as RQ's `Job.to_dict` writes them (with
+        `_shared_fields_of`, the whole hash), in `_ENQUEUE_UNIQUE`'s order, without an RQ `Job` for each page (its
+        construction and `to_dict` were a tenth of a webhook's CPU): made here with RQ's time format and JSON.
+        The script names them: half the arguments a job to pack."""
+        return [
+            rq_time(rq_now()),  # created and enqueued at once
             isal_zlib.compress(_serialized((spec.function, None, spec.args, {})), JOB_DATA_COMPRESSION_LEVEL),
-            "description",
             spec.description,
-            "meta",
             _serialized(self._meta(meta)),
-        ]
-        if spec.retries > 0:
             # As `json.dumps` writes a list of integers, as RQ writes it, without its encoder's set-up.
-            own += ["retry_intervals", f"[{', '.join(map(str, self._jittered(spec.intervals)))}]"]
-        return own
+            f"[{', '.join(map(str, self._jittered(spec.intervals)))}]" if spec.retries > 0 else "",
+        ]
 
     def _schedule_unique(self, spec: _JobSpec, job: Job) -> bool:
         """Into the scheduled registry unless the job id exists (RQ's `enqueue_in` is never unique)."""
