@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Coroutine, Generator
 from typing import Any
 
 import pytest
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from crawldex.adapters.redis_client import async_client
@@ -55,13 +56,19 @@ async def silent_server() -> AsyncIterator[int]:
         await server.wait_closed()
 
 
+async def _connected_to(port: int, *, socket_timeout: float) -> AbstractConnection:
+    """One of `async_client`'s connections to ``port``, connected. RESP2, no client name or driver to announce
+    and database 0: connecting sends nothing to be answered."""
+    pool = async_client(f"redis://127.0.0.1:{port}/0", socket_timeout=socket_timeout).connection_pool
+    connection = pool.connection_class(**{**pool.connection_kwargs, "protocol": 2, "driver_info": None})
+    await connection.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+    return connection
+
+
 async def test_a_write_past_the_socket_timeout_raises_redis_timeout_and_closes_the_connection(
     silent_server: int,
 ) -> None:
-    pool = async_client(f"redis://127.0.0.1:{silent_server}/0", socket_timeout=0.3).connection_pool
-    # RESP2, no client name or driver to announce and database 0: connecting sends nothing to be answered.
-    connection = pool.connection_class(**{**pool.connection_kwargs, "protocol": 2, "driver_info": None})
-    await connection.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+    connection = await _connected_to(silent_server, socket_timeout=0.3)
     assert connection.is_connected
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -75,9 +82,7 @@ async def test_a_write_past_the_socket_timeout_raises_redis_timeout_and_closes_t
 async def test_a_write_that_fits_the_buffer_sets_no_timer_and_a_larger_one_is_timed(
     silent_server: int,
 ) -> None:
-    pool = async_client(f"redis://127.0.0.1:{silent_server}/0", socket_timeout=5).connection_pool
-    connection = pool.connection_class(**{**pool.connection_kwargs, "protocol": 2, "driver_info": None})
-    await connection.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+    connection = await _connected_to(silent_server, socket_timeout=5)
     loop = asyncio.get_running_loop()
     timers: list[float] = []
     call_at = loop.call_at
