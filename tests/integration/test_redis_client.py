@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from crawldex.adapters.redis_client import async_client
+from crawldex.adapters.redis_client import HeldScript, async_client
 from tests.conftest import TEST_REDIS_URL
 
 
@@ -102,3 +102,54 @@ async def test_a_write_that_fits_the_buffer_sets_no_timer_and_a_larger_one_is_ti
     finally:
         loop.call_at = call_at  # type: ignore[method-assign]
         await connection.disconnect()
+
+
+# Returns its argument after ~100 ms of busy waiting in Redis: long enough to cancel a caller mid-reply.
+SLOW_ECHO = """
+local start = redis.call('TIME')
+repeat
+    local now = redis.call('TIME')
+until (now[1] - start[1]) * 1000000 + (now[2] - start[2]) > 100000
+return ARGV[1]
+"""
+
+
+@pytest.fixture
+async def held_echo() -> AsyncIterator[HeldScript]:
+    client = async_client(TEST_REDIS_URL, socket_timeout=5)
+    held = HeldScript(client.connection_pool, "return {KEYS[1], ARGV[1]}")
+    yield held
+    await held.aclose()
+    await client.aclose()
+
+
+async def test_a_held_script_runs_by_its_sha_and_is_loaded_again_after_a_flush(held_echo: HeldScript) -> None:
+    assert await held_echo(["k"], ["first"]) == [b"k", b"first"]
+    admin = async_client(TEST_REDIS_URL)
+    await admin.script_flush()
+    await admin.aclose()
+    assert await held_echo(["k"], ["after the flush"]) == [b"k", b"after the flush"]
+
+
+async def test_a_held_script_refuses_a_second_run_while_one_is_out(held_echo: HeldScript) -> None:
+    first = asyncio.create_task(held_echo(["k"], ["first"]))
+    await asyncio.sleep(0)  # the first run has sent its command and waits for the reply
+    with pytest.raises(RuntimeError, match="one call at a time"):
+        await held_echo(["k"], ["second"])
+    assert await first == [b"k", b"first"]
+
+
+async def test_a_run_cancelled_before_its_reply_leaves_none_for_the_next() -> None:
+    client = async_client(TEST_REDIS_URL, socket_timeout=5)
+    held = HeldScript(client.connection_pool, SLOW_ECHO)
+    try:
+        await held([], ["warm"])  # loaded, so the cancelled run is a plain EVALSHA
+        cancelled = asyncio.create_task(held([], ["cancelled"]))
+        await asyncio.sleep(0.03)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert await held([], ["next"]) == b"next"
+    finally:
+        await held.aclose()
+        await client.aclose()

@@ -29,7 +29,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import now as rq_now
 
 from crawldex.adapters.rate_limit import GCRA_LUA_FUNCTION, RateCharge, RateLimitedError
-from crawldex.adapters.redis_client import async_client
+from crawldex.adapters.redis_client import HeldScript, async_client
 from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE, Settings
 from crawldex.errors import DependencyUnavailableError
 from crawldex.group_commit import GroupCommit
@@ -281,31 +281,24 @@ class JobQueue:
         self._enqueue_script = connection.register_script(_ENQUEUE_UNIQUE)
         # The API's deliveries of pages: those that arrive while one script run is out go in the next.
         self._index_deliveries: GroupCommit[_DeliveryPart, list[Any]] | None = None
-        self._script_connection: aioredis.Redis | None = None
+        self._held_script: HeldScript | None = None
         if async_connection is not None:
             # One script run is out at a time, so the runs keep one connection of the pool for good instead of
-            # leasing one for each: the lease, its readiness check (a read attempt) and the return cost ~20 us.
-            self._script_connection = async_connection.client()  # of the same pool
-            async_script = self._script_connection.register_script(_ENQUEUE_UNIQUE)
+            # leasing one for each (`HeldScript`). A run it sends again after a dropped connection may have been
+            # done: then its jobs exist and are joined, and its rate charges count twice.
+            held_script = self._held_script = HeldScript(async_connection.connection_pool, _ENQUEUE_UNIQUE)
 
             async def run_deliveries(parts: list[_DeliveryPart]) -> list[list[Any]]:
                 keys, args = self._script_arguments(QUEUE_INDEXING, parts)
-                try:
-                    return list(await async_script(keys, args))
-                except redis.ConnectionError:
-                    # The held connection was dropped (Redis restarted or failed over, a proxy closed it): the
-                    # pool's readiness check found that before a lease. redis-py has closed it; the run goes
-                    # once more, on a new one. Had the lost run been done, its jobs exist and are joined, and
-                    # its rate charges count twice.
-                    return list(await async_script(keys, args))
+                return list(await held_script(keys, args))
 
             self._index_deliveries = GroupCommit(run_deliveries, max_items=_DELIVERIES_A_RUN)
 
     async def aclose(self) -> None:
         """Give the script runs' connection back to its pool (which its owner closes). Call it on the loop
         the deliveries ran on; the synchronous connection is its owner's too."""
-        if self._script_connection is not None:
-            await self._script_connection.aclose()
+        if self._held_script is not None:
+            await self._held_script.aclose()
 
     def enqueue_index(
         self,
