@@ -47,7 +47,7 @@ ARTICLE_BYTES = 8 * 1024
 BODIES_PER_LEVEL = 50_000
 # Distinct article deliveries, 8 KiB each (wrk holds them all in each thread's memory): the article turns are
 # half as long as the levels', to stay within them.
-ARTICLES = 16_000
+ARTICLES = 20_000
 # Each side runs a level in turns, the webhook first and then the bare endpoint, then the other way round, so
 # that a slow spell of the shared machine lands on both sides rather than on one; the turns add up. A turn is
 # as long as a whole level was before: shorter turns read the webhook up to ~6 % faster (a 2 s turn against
