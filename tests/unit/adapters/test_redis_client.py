@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from typing import Any
 
@@ -84,3 +85,52 @@ def test_only_a_client_encoding_str_as_strict_utf8_gets_hiredis_packing(
 ) -> None:
     connection_class = async_client("redis://127.0.0.1:6379/0", **options).connection_pool.connection_class
     assert (connection_class is not aioredis.Connection) is packed_by_hiredis
+
+
+class _WriterOf:
+    """What `_write_cannot_wait` reads of a connection's stream writer: its transport."""
+
+    def __init__(self, transport: asyncio.WriteTransport) -> None:
+        self.transport = transport
+
+
+class _Buffered(asyncio.WriteTransport):
+    def __init__(self, buffered: int, limits: tuple[int, int] = (16 * 1024, 64 * 1024)) -> None:
+        super().__init__()
+        self._buffered, self._limits = buffered, limits
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return self._buffered
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._limits
+
+
+@pytest.mark.parametrize(
+    ("transport", "command", "untimed"),
+    [
+        (_Buffered(0), [b"x" * 100], True),
+        (_Buffered(0), b"x" * 100, True),
+        (_Buffered(0), [b"x" * (64 * 1024 + 1)], False),  # past the high-water mark: the drain may wait
+        (_Buffered(20 * 1024), [b"x" * 100], False),  # over the low-water mark: writing may be paused
+        (_Buffered(0), iter([b"x"]), False),  # not a packed list: its size is not read
+        (asyncio.WriteTransport(), [b"x"], False),  # a transport that says nothing of its buffer
+    ],
+    ids=["small", "bytes", "past-high-water", "over-low-water", "iterator", "silent-transport"],
+)
+def test_only_a_write_that_cannot_wait_goes_untimed(
+    transport: asyncio.WriteTransport, command: Any, untimed: bool
+) -> None:
+    connection = _our_connection()
+    connection._writer = _WriterOf(transport)  # type: ignore[assignment]  # only its transport is read
+    try:
+        assert connection._write_cannot_wait(command) is untimed  # type: ignore[attr-defined]
+    finally:
+        connection._writer = None  # the connection's finaliser would close the stand-in
+
+
+def test_an_unconnected_connection_times_its_write() -> None:
+    assert _our_connection()._write_cannot_wait([b"x"]) is False  # type: ignore[attr-defined]

@@ -99,13 +99,15 @@ class _WriteTimedInPlace(AbstractConnection):
             size = sum(len(part) for part in command)
         else:
             return False
-        transport = self._writer.transport if self._writer is not None else None
-        if transport is None or transport.is_closing():
+        if self._writer is None:
             return False
+        transport = self._writer.transport
         try:
+            if transport.is_closing():
+                return False
             buffered = transport.get_write_buffer_size()
             low_water, high_water = transport.get_write_buffer_limits()
-        except (AttributeError, NotImplementedError):  # a transport that does not say: time the write
+        except NotImplementedError:  # asyncio's base transports say nothing: the write is timed
             return False
         return bool(buffered <= low_water and buffered + size <= high_water)
 
