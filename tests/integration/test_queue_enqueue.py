@@ -46,12 +46,20 @@ def queue(clean_redis: redis.Redis, settings: Settings, async_connection: aiored
     return JobQueue(clean_redis, settings, async_connection=async_connection)
 
 
+def _inflated(data: bytes) -> bytes:
+    """A job's data as RQ's worker reads it (`Job.restore`): inflated, or as it is when not a zlib stream."""
+    try:
+        return zlib.decompress(data)
+    except zlib.error:
+        return data
+
+
 def _comparable(fields: Mapping[Any, Any]) -> dict[bytes, object]:
     """A job's hash without its timestamps, its data inflated and parsed (ours is compressed by another
-    deflate and its JSON has no spaces and keeps characters beyond ASCII as they are; RQ's worker reads both
-    with zlib and json), and its meta parsed, without the trace context (ours carries one)."""
+    deflate, or not at all when short, and its JSON has no spaces and keeps characters beyond ASCII as they
+    are; RQ's worker reads both), and its meta parsed, without the trace context (ours carries one)."""
     comparable: dict[bytes, object] = {name: value for name, value in fields.items() if name not in MOMENTS}
-    comparable[b"data"] = json.loads(zlib.decompress(fields[b"data"]))
+    comparable[b"data"] = json.loads(_inflated(fields[b"data"]))
     meta = json.loads(fields[b"meta"])
     meta.pop(TRACE_META_KEY, None)
     comparable[b"meta"] = meta
@@ -125,6 +133,18 @@ async def test_a_long_pages_job_data_is_compressed_and_rq_reads_it_as_sent(
     assert len(stored) < len(page.markdown) / 2  # compressed, not stored as it came
     job = Job.fetch(enqueued.job_id, connection=clean_redis, serializer=JSONSerializer)
     assert job.args == [page.model_dump(mode="json"), None]
+
+
+async def test_a_short_pages_job_data_is_stored_as_it_is_and_rq_reads_it(
+    queue: JobQueue, clean_redis: redis.Redis
+) -> None:
+    (enqueued,) = await queue.enqueue_pages([PAGE], delivery_id="delivery-short", meta=META)
+
+    stored = clean_redis.hget(Job.key_for(enqueued.job_id), "data")
+    assert stored is not None
+    assert json.loads(stored)[2] == [PAGE.model_dump(mode="json"), None]  # as it is: not a zlib stream
+    job = Job.fetch(enqueued.job_id, connection=clean_redis, serializer=JSONSerializer)
+    assert job.args == [PAGE.model_dump(mode="json"), None]
 
 
 async def test_a_replayed_delivery_joins_its_job_and_a_new_one_is_queued(

@@ -78,6 +78,18 @@ _OWN_FIELDS = frozenset({"created_at", "enqueued_at", "data", "description", "me
 # five times faster than zlib's default level on an 8 KiB page (zlib set up its 256 KiB of state for every job,
 # 150 k instructions even for a one-line page), its output ~5 % larger (benchmarks/ANALYSIS.md).
 JOB_DATA_COMPRESSION_LEVEL = 1
+# Data shorter than this is stored as it is, as HTTP servers leave small bodies uncompressed: deflating a short
+# page's few hundred bytes saves a few dozen, and building ISA-L's tables for it cost ~3 % of a webhook's CPU.
+# RQ's worker reads data that is not a zlib stream as it is (`Job.restore`), and JSON cannot start like one.
+JOB_DATA_COMPRESSED_FROM = 1024
+
+
+def _job_data(serialized: bytes) -> bytes:
+    """A job's serialized call as its hash's ``data``: compressed unless short (`JOB_DATA_COMPRESSED_FROM`)."""
+    if len(serialized) < JOB_DATA_COMPRESSED_FROM:
+        return serialized
+    return isal_zlib.compress(serialized, JOB_DATA_COMPRESSION_LEVEL)
+
 
 # What RQ's `Queue.enqueue(..., unique=True)` writes, for every job of one or more deliveries in one script run
 # (RQ takes two round trips a job: a pipeline registering the queue, then its own Lua script): unless the job's
@@ -596,7 +608,7 @@ class JobQueue:
         The script names them: half the arguments a job to pack."""
         return [
             rq_time(rq_now()),  # created and enqueued at once
-            isal_zlib.compress(_serialized((spec.function, None, spec.args, {})), JOB_DATA_COMPRESSION_LEVEL),
+            _job_data(_serialized((spec.function, None, spec.args, {}))),
             spec.description,
             _serialized(self._meta(meta)),
             # As `json.dumps` writes a list of integers, as RQ writes it, without its encoder's set-up.
