@@ -422,3 +422,10 @@ def test_the_service_leaves_its_start_up_objects_out_of_garbage_collection(
             assert response.status_code == 202
     finally:
         gc.unfreeze()  # the test process goes on building and dropping apps
+
+
+def test_the_webhook_routes_are_matched_first_on_the_apps_own_router(settings: Settings) -> None:
+    # Not behind an included router, which FastAPI matches twice a request (benchmarks/ANALYSIS.md).
+    app = create_app(settings)
+    own_paths = [getattr(route, "path", None) for route in app.router.routes]
+    assert own_paths[:2] == [WEBHOOK, "/api/webhook/changedetection"]
