@@ -141,10 +141,13 @@ async def _run(services: Services, data: SciFact, report: Report) -> None:
     chunk_tokens: list[list[str]] = []
     chunk_texts: list[str] = []
     chunk_ids: list[str] = []
-    for number, (did, text) in enumerate(data.corpus.items(), 1):
-        await services.pipeline.index(PageDocument(url=doc_url(did), markdown=text))
-        if number % 500 == 0:
-            progress(f"quality: {number} indexed")
+    # In the batches an index-worker takes from a full queue, as a crawl's pages reach it.
+    pages = [PageDocument(url=doc_url(did), markdown=text) for did, text in data.corpus.items()]
+    batch_pages = services.settings.index_batch_pages
+    for start in range(0, len(pages), batch_pages):
+        await services.pipeline.index_many(pages[start : start + batch_pages])
+        if (start + batch_pages) // 500 > start // 500:
+            progress(f"quality: {min(start + batch_pages, len(pages))} indexed")
     for did, text in data.corpus.items():
         doc_uuid = document_id(canonicalize_url(doc_url(did)))
         for chunk in services.chunker.chunk(clean_markdown(text)):
@@ -160,7 +163,8 @@ async def _run(services: Services, data: SciFact, report: Report) -> None:
     report.notes.append(
         f"Quality corpus: {len(data.corpus)} abstracts → {stored} chunks ({len(chunk_ids)} recomputed), "
         f"{len(data.queries)} queries, indexed in {index_seconds:.0f} s through IndexingPipeline "
-        f"(real model, PostgreSQL, embedded Qdrant); average chunk length {avg_tokens:.0f} keyword tokens "
+        f"({batch_pages} pages a batch, as an index-worker takes them; real model, PostgreSQL, embedded "
+        f"Qdrant); average chunk length {avg_tokens:.0f} keyword tokens "
         f"(CRAWLDEX_BM25_AVG_DOC_TOKENS default: {services.settings.bm25_avg_doc_tokens:g})."
     )
 
