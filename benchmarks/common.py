@@ -298,6 +298,33 @@ def vm_hwm_mb(pid: int) -> float:
     return math.nan
 
 
+@dataclass(frozen=True)
+class Resident:
+    """A process's resident memory at one moment, in MB: anonymous (heap, stacks, Python's and torch's own
+    allocations) and file-backed (mapped libraries and the model's weights, which the page cache can share
+    between processes and give back under pressure)."""
+
+    anonymous: float
+    files: float
+
+    @property
+    def total(self) -> float:
+        return self.anonymous + self.files
+
+    def __str__(self) -> str:
+        return f"anonymous {self.anonymous:.0f} + files {self.files:.0f}"
+
+
+def resident_mb(pid: int) -> Resident:
+    """`Resident` of a process now (RssAnon; RssFile and RssShmem from /proc/<pid>/status)."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("RssAnon", "RssFile", "RssShmem"):
+            fields[name] = int(value.split()[0]) / 1024
+    return Resident(fields.get("RssAnon", math.nan), fields.get("RssFile", 0.0) + fields.get("RssShmem", 0.0))
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) a process has used so far: what a request costs, whatever else the machine
     runs (another process's load or a hypervisor's steal lengthen the wall clock, not this)."""
