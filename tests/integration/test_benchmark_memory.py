@@ -1,0 +1,38 @@
+"""The memory benchmark's split of a process's resident memory into its anonymous and file-backed parts."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+
+from benchmarks.common import resident_mb
+
+
+def _vm_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def test_the_parts_add_up_to_the_resident_set() -> None:
+    before = resident_mb(os.getpid())
+    assert before.anonymous > 0
+    assert before.files > 0  # the interpreter's own mapped binary and libraries
+    assert abs(before.total - _vm_rss_mb()) < 2
+
+
+def test_written_private_memory_is_counted_as_anonymous() -> None:
+    size = 64 * 1024 * 1024
+    page = mmap.PAGESIZE
+    before = resident_mb(os.getpid())
+    block = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        for offset in range(0, size, page):  # resident only once written
+            block[offset] = 1
+        during = resident_mb(os.getpid())
+    finally:
+        block.close()
+    assert during.anonymous - before.anonymous > 60
+    assert abs(during.files - before.files) < 16
