@@ -138,6 +138,13 @@ def _worker_memory(quick: bool, report: Report) -> None:
             return await asyncio.to_thread(_worker_run, database_url, data.corpus, pages)
 
     rss, largest = asyncio.run(with_database())
+    report.notes.append(
+        f"Index-worker memory: a crawldex-index-worker process (the in-process model, PostgreSQL, embedded "
+        f"Qdrant, up to {Settings().index_batch_pages} queued jobs a batch) on {pages} SciFact abstracts queued "
+        "beforehand; its VmHWM after the burst. Beside it, its resident memory at the largest of the samples "
+        "taken every 0.5 s: anonymous (RssAnon) and file-backed (RssFile + RssShmem: the mapped libraries and "
+        "the model's weights)."
+    )
     report.rows.append(
         Row(
             "6 memory",
