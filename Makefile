@@ -38,7 +38,7 @@ format: install ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix $(SOURCES)
 	$(VENV)/bin/ruff format $(SOURCES)
 
-bench: install ## run the benchmarks (~15 min on 2 cores): one table, docs/benchmarks.md (BENCH_ARGS=--quick / --only NAME)
+bench: install ## run the benchmarks (8-31 min on 2 cores, by the machine's speed): one table, docs/benchmarks.md (BENCH_ARGS=--quick / --only NAME)
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks $(BENCH_ARGS)
 
 bench-instructions: install ## instructions a webhook and a bare request, counted by callgrind (~3 min; apt-installs valgrind)
