@@ -290,12 +290,19 @@ def machine() -> dict[str, str]:
     }
 
 
+def proc_status_mb(pid: int) -> dict[str, float]:
+    """The sizes in /proc/<pid>/status (the fields given in kB: VmHWM, VmRSS, RssAnon, ...), in MB."""
+    sizes = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if value.endswith(" kB"):
+            sizes[name] = int(value.split()[0]) / 1024
+    return sizes
+
+
 def vm_hwm_mb(pid: int) -> float:
     """Peak resident set size (VmHWM) of a process, in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return math.nan
+    return proc_status_mb(pid).get("VmHWM", math.nan)
 
 
 @dataclass(frozen=True)
@@ -317,12 +324,8 @@ class Resident:
 
 def resident_mb(pid: int) -> Resident:
     """`Resident` of a process now (RssAnon; RssFile and RssShmem from /proc/<pid>/status)."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("RssAnon", "RssFile", "RssShmem"):
-            fields[name] = int(value.split()[0]) / 1024
-    return Resident(fields.get("RssAnon", math.nan), fields.get("RssFile", 0.0) + fields.get("RssShmem", 0.0))
+    sizes = proc_status_mb(pid)
+    return Resident(sizes.get("RssAnon", math.nan), sizes.get("RssFile", 0.0) + sizes.get("RssShmem", 0.0))
 
 
 def cpu_seconds(pid: int) -> float:

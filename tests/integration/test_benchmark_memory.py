@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import mmap
 import os
-from pathlib import Path
 
-from benchmarks.common import resident_mb
-
-
-def _vm_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
+from benchmarks.common import proc_status_mb, resident_mb
 
 
 def test_the_parts_add_up_to_the_resident_set() -> None:
     before = resident_mb(os.getpid())
     assert before.anonymous > 0
     assert before.files > 0  # the interpreter's own mapped binary and libraries
-    assert abs(before.total - _vm_rss_mb()) < 2
+    assert abs(before.total - proc_status_mb(os.getpid())["VmRSS"]) < 2
 
 
 def test_written_private_memory_is_counted_as_anonymous() -> None:
