@@ -1,10 +1,8 @@
-"""HeapTrimmer gives the heap's free pages back to the system once they pile up, and large blocks are mapped
-apart from the heap (real glibc, this process)."""
+"""HeapTrimmer gives the heap's free pages back to the system once they pile up (real glibc, this process);
+an operator's mapping threshold is left as set. That large blocks are mapped apart from the heap is checked
+in a fresh interpreter (tests/integration/test_heap_mapping.py)."""
 
 from __future__ import annotations
-
-import ctypes
-import ctypes.util
 
 import pytest
 
@@ -34,51 +32,6 @@ def test_a_fragmented_heap_is_trimmed_once_it_grows_past_the_slack() -> None:
     assert trimmed is not None
     assert trimmed < grown - 64, (grown, trimmed)
     assert len(kept) == BLOCKS // 50
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
-
-
-def test_large_blocks_are_mapped_apart_even_after_a_larger_one_was_freed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    if not hasattr(libc, "mallinfo2"):
-        pytest.skip("needs glibc 2.33 or later (mallinfo2)")
-    libc.mallinfo2.restype = _MallInfo2
-    libc.malloc.restype = ctypes.c_void_p
-    libc.malloc.argtypes = [ctypes.c_size_t]
-    libc.free.argtypes = [ctypes.c_void_p]
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
-    assert map_large_blocks_apart(4 * 2**20)
-
-    # Freeing a mapped 24 MB block would raise glibc's own threshold to 24 MB: the 6 MB blocks after it
-    # would then come from the heap, and stay there when freed.
-    libc.free(libc.malloc(24 * 2**20))
-    for _ in range(3):
-        mapped = libc.mallinfo2().hblkhd
-        block = libc.malloc(6 * 2**20)
-        assert block
-        try:
-            assert libc.mallinfo2().hblkhd - mapped >= 6 * 2**20
-        finally:
-            libc.free(block)
-        assert libc.mallinfo2().hblkhd == mapped  # unmapped when freed: back to the system
 
 
 def test_an_operators_malloc_threshold_is_left_as_set(monkeypatch: pytest.MonkeyPatch) -> None:
