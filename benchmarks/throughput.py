@@ -4,6 +4,7 @@ the same chunks, in the same embedder calls as the worker makes."""
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -44,6 +45,9 @@ class _Tally:
         self.chunks = self.indexed = self.pages = 0
         self.embed_seconds = self.worker_seconds = 0.0
         self.stages: dict[str, float] = defaultdict(float)
+        # Each round's ratio, its two sides measured back to back on its own pages: their spread is the
+        # noise the total's ratio carries.
+        self.round_ratios: list[float] = []
 
     @property
     def embed_rate(self) -> float:
@@ -74,34 +78,39 @@ def _round(
     texts = [data.corpus[did] for did in docs]
     chunker = runtime.index.chunker
     pages = [[c.text for c in chunker.chunk(clean_markdown(text))] for text in texts]
-    tally.chunks += sum(len(page) for page in pages)
-    tally.pages += len(docs)
+    chunks = sum(len(page) for page in pages)
     size = settings.index_batch_pages
 
-    def embed_alone() -> None:
+    def embed_alone() -> float:
         started = time.perf_counter()
         for first in range(0, len(pages), size):
             batch = [chunk for page in pages[first : first + size] for chunk in page]
             runtime.run(model.embed_documents(batch))
-        tally.embed_seconds += time.perf_counter() - started
+        return time.perf_counter() - started
 
-    if not worker_first:
-        embed_alone()
+    alone_seconds = 0.0 if worker_first else embed_alone()
     jobs = [
         # With a crawl id, as Firecrawl's pages come: each job also records its page's end for the crawl.
         runtime.index.queue.enqueue_index(PageDocument(url=doc_url(did), markdown=text, crawl_id=CRAWL_ID))
         for did, text in zip(docs, texts, strict=True)
     ]
-    tally.worker_seconds += work_index_queue(settings)
+    worker_seconds = work_index_queue(settings)
     if worker_first:
-        embed_alone()
+        alone_seconds = embed_alone()
     connection = runtime.index.queue.connection
+    indexed = 0
     for enqueued in jobs:
         result = Job.fetch(enqueued.job_id, connection=connection, serializer=JSONSerializer).return_value()
         assert isinstance(result, dict)
-        tally.indexed += result["chunk_count"]
+        indexed += result["chunk_count"]
         for stage, ms in result["timings_ms"].items():
             tally.stages[stage] += ms / result["batch_pages"]  # a batch's stages, shared by its pages
+    tally.chunks += chunks
+    tally.pages += len(docs)
+    tally.indexed += indexed
+    tally.embed_seconds += alone_seconds
+    tally.worker_seconds += worker_seconds
+    tally.round_ratios.append((indexed / worker_seconds) / (chunks / alone_seconds))
 
 
 def run(quick: bool = False) -> Report:
@@ -159,7 +168,10 @@ def run(quick: bool = False) -> Report:
         f"Pipeline time by stage ({total / 1000:.1f} s in the jobs' results, {main.worker_seconds:.1f} s in the "
         "worker): "
         + ", ".join(f"{s} {ms / total:.1%}" for s, ms in sorted(main.stages.items(), key=lambda kv: -kv[1]))
-        + "; the rest of the worker's time is RQ, the lock, the document lookup and payload building."
+        + "; the rest of the worker's time is RQ, the lock, the document lookup and payload building. "
+        f"Round by round (the worker's rate over the embedder alone's on the round's own pages, the two back "
+        f"to back): {min(main.round_ratios):.1%} to {max(main.round_ratios):.1%}, median "
+        f"{statistics.median(main.round_ratios):.1%}; the figure is the rounds' totals."
     )
     if 1 in tallies and batch_pages > 1:
         single = tallies[1]
