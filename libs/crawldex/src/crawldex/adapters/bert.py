@@ -109,6 +109,8 @@ class BertEncoder:
             for n in range(config.layers)
         ]
         self._inner_buffer = torch.empty(0)
+        # One pass at a time: the passes share the kept buffer, and torch already spreads a pass over
+        # every core, so parallel passes (the API's thread and a consumer's) would only fight over them.
         self._lock = threading.Lock()
 
     @classmethod

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,9 +83,6 @@ class LocalModelEmbedder:
         self._batch_size = batch_size
         pad_id = tokenizer.token_to_id("[PAD]")
         self._pad_id = 0 if pad_id is None else pad_id
-        # One forward pass at a time: torch already spreads a batch over every core, and parallel
-        # passes from the API thread and a consumer thread would only fight over them.
-        self._lock = threading.Lock()
         self._heap = HeapTrimmer()
         map_large_blocks_apart()
 
@@ -146,9 +142,9 @@ class LocalModelEmbedder:
             EMBED_BATCH_SIZE.labels("local", purpose).observe(len(batch))
             started = time.perf_counter()
             try:
-                # Locked per batch, not per page: a search waits for one batch, not a whole page.
-                with self._lock:
-                    rows = self._forward([encodings[i] for i in batch])
+                # One forward pass at a time (the encoder's lock), per batch, not per page: a search
+                # waits for one batch, not a whole page.
+                rows = self._forward([encodings[i] for i in batch])
             except Exception as exc:  # torch raises many types; the job layer needs one
                 raise EmbedderError(f"in-process model failed: {exc}") from exc
             EMBED_DURATION.labels("local", purpose).observe(time.perf_counter() - started)
