@@ -185,6 +185,34 @@ def test_webhook_bad_bodies(client: TestClient) -> None:
         assert response.json()["detail"]
 
 
+def test_lone_surrogates_in_json_are_never_a_500(client: TestClient) -> None:
+    """A \\ud800 escape is valid JSON that no UTF-8 text can hold (JavaScript writes one for a string cut
+    inside an emoji): a webhook's page is indexed with U+FFFD in its place, and the API's own models
+    refuse it with a 422 that says why."""
+    body = (
+        b'{"success": true, "type": "crawl.page", "id": "crawl-\\ud800", "webhookId": "wh-surrogate",'
+        b' "data": [{"markdown": "Kittiwakes nest on cliffs \\ud83d here.",'
+        b' "metadata": {"url": "https://surrogate.example/\\udc00", "statusCode": 200}}]}'
+    )
+    response = post_webhook(client, body)
+    assert response.status_code == 202, response.text
+    assert response.json()["crawl_id"] == "crawl-\ufffd"
+    assert wait_for_job(client, response.json()["job_ids"][0])["status"] == "finished"
+    [hit] = search(client, "kittiwakes", "keyword")["results"]
+    assert hit["text"] == "Kittiwakes nest on cliffs \ufffd here."
+    assert hit["url"] == "https://surrogate.example/\ufffd"
+
+    for path, content in (
+        ("/api/search", b'{"query": "\\ud800"}'),
+        ("/api/search", b'{"query": "x", "nope": "\\udfff"}'),
+        ("/api/index", b'{"url": "https://a.example/\\ud800", "markdown": "x"}'),
+        ("/api/test-index", b'{"url": "https://a.example/", "markdown": "\\ud800"}'),
+    ):
+        refused = client.post(path, content=content, headers={**AUTH, "Content-Type": "application/json"})
+        assert refused.status_code == 422, (path, content, refused.text)
+        assert refused.json()["detail"][0]["msg"]
+
+
 @pytest.mark.parametrize("path", ["/api/search", "/api/index", "/api/test-index"])
 def test_api_needs_bearer_token(client: TestClient, path: str) -> None:
     body = {"query": "x", "url": "https://a.example/", "markdown": "x"}
@@ -293,6 +321,12 @@ def test_search_bad_input(client: TestClient) -> None:
     ):
         response = client.post("/api/search", json=body, headers=AUTH)
         assert response.status_code == 422, body
+    for constant in (b"NaN", b"Infinity", b"-Infinity", b"1e999"):  # Python's json reads all four
+        content = b'{"query": "x", "filters": {"indexed_after": %s}}' % constant
+        response = client.post(
+            "/api/search", content=content, headers={**AUTH, "Content-Type": "application/json"}
+        )
+        assert response.status_code == 422, (constant, response.text)
 
 
 def test_unknown_job_is_404(client: TestClient) -> None:

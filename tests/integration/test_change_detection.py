@@ -251,6 +251,10 @@ def test_changedetection_webhook_refusals(client: TestClient) -> None:
         client.get("/api/change-events", params={"since": "2024-01-01T00:00:00"}, headers=AUTH).status_code
         == 422
     )
+    for out_of_range in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"):
+        response = client.get("/api/change-events", params={"since": out_of_range}, headers=AUTH)
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"] == "since is out of range"
     assert client.get("/api/change-events").status_code == 401
 
 

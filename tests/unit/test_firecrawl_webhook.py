@@ -178,8 +178,26 @@ def _parsed_or_4xx(body: bytes) -> FirecrawlDelivery | None:
 @example(b'\xef\xbb\xbf{"type": "crawl.started"}')
 @example(b'{"type": "\\u0000"}')
 @example(b'\xff\xfe{\x00"\x00t\x00')
+@example(
+    b'{"type": "crawl.page", "id": "\\ud800", "data": [{"markdown": "\\udfff", "metadata": {"url": "https://a.example/\\ud800"}}]}'
+)
+@example(b'{"type": "\xed\xa0\x80"}')  # a surrogate as raw bytes: not UTF-8
 def test_any_bytes_give_a_delivery_or_a_4xx(body: bytes) -> None:
     _parsed_or_4xx(body)
+
+
+def test_lone_surrogates_become_replacement_characters_and_pairs_stay_whole() -> None:
+    body = (
+        b'{"type": "crawl.page", "id": "c\\ud800", "data": [{"markdown": "cut \\ud83d, whole \\ud83d\\ude00,'
+        b' low \\ude00, raw \xf0\x9f\x98\x80", "metadata": {"url": "https://a.example/\\udc00x", "\\ud800": 1}}]}'
+    )
+    delivery = parse_delivery(body)
+    assert delivery.crawl_id == "c\ufffd"
+    [page] = delivery.pages
+    assert page.markdown == "cut \ufffd, whole \U0001f600, low \ufffd, raw \U0001f600"
+    assert page.url == "https://a.example/\ufffdx"
+    with pytest.raises(WebhookRejectedError, match="not valid JSON"):
+        parse_delivery(b'{"type": "crawl.page", "id": "\xed\xa0\x80"}')
 
 
 @given(

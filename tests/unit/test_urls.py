@@ -53,6 +53,9 @@ def test_canonical_form(raw: str, canonical: str) -> None:
         ("https:///path-only", "no host"),
         ("https://example.com:99999/", "not valid"),
         ("https://example.com/" + "a" * 9000, "longer than"),
+        ("https://example.com/\ud800", "not valid"),  # a lone surrogate: no UTF-8 to percent-encode
+        ("https://example.com/?q=\udfff", "not valid"),
+        ("https://exa\ud800mple.com/", "not valid"),
     ],
 )
 def test_refuses_urls_it_cannot_index(raw: str, reason: str) -> None:

@@ -58,7 +58,9 @@ class SearchFilters(BaseModel):
     )
     crawl_id: str | None = Field(default=None, max_length=256)
     language: str | None = Field(default=None, max_length=64, description="'en' matches en, en-US, ...")
-    indexed_after: float | None = Field(default=None, description="Unix time; only chunks indexed later.")
+    indexed_after: float | None = Field(
+        default=None, allow_inf_nan=False, description="Unix time; only chunks indexed later."
+    )
 
     @field_validator("url_prefix")
     @classmethod

@@ -79,8 +79,11 @@ def _parsed_canonical(url: str) -> str:
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
     netloc = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
-    path = normalize_path(parts.path) or "/"
-    query = urlencode(sorted(parse_qsl(parts.query, keep_blank_values=True)), doseq=True)
+    try:
+        path = normalize_path(parts.path) or "/"
+        query = urlencode(sorted(parse_qsl(parts.query, keep_blank_values=True)), doseq=True)
+    except UnicodeError as exc:  # a lone surrogate, which percent-encoding as UTF-8 cannot spell
+        raise InvalidDocumentError(f"url is not valid: {exc}") from exc
     return urlunsplit((scheme, netloc, path, query, ""))
 
 

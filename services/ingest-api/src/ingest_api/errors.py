@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -29,6 +30,14 @@ async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+class _AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: a lone surrogate (a JSON body's ``\\ud800``, which
+    pydantic refuses and its error repeats) has no UTF-8 form, and JSONResponse's encoding fails on it."""
+
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+
 async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's own 422, except that a body that is not text (sent without a JSON content type) is shown
     decoded with replacement characters: FastAPI's handler decodes it strictly and fails with a 500."""
@@ -36,7 +45,7 @@ async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
     detail = jsonable_encoder(
         exc.errors(), custom_encoder={bytes: lambda raw: raw.decode("utf-8", "replace")}
     )
-    return JSONResponse({"detail": detail}, status_code=422)
+    return _AsciiJSONResponse({"detail": detail}, status_code=422)
 
 
 async def _invalid_document(_request: Request, exc: Exception) -> JSONResponse:

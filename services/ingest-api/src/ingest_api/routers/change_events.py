@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
@@ -34,8 +34,13 @@ async def list_change_events(
         canonical = canonicalize_url(url) if url else None
     except InvalidDocumentError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-    if since is not None and since.tzinfo is None:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "since needs a time zone (e.g. ...Z)")
+    if since is not None:
+        if since.tzinfo is None:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "since needs a time zone (e.g. ...Z)")
+        try:
+            since = since.astimezone(UTC)
+        except OverflowError as exc:  # 0001-01-01T00:00+14:00 is before the first UTC time there is
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "since is out of range") from exc
     events, total = await services.change_events.list(
         status=status_filter.value if status_filter else None,
         canonical_url=canonical,
