@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from crawldex.db.database import Database
+from crawldex.errors import DependencyUnavailableError
 
 ROWS = [{"id": 1, "size": 1}, {"id": 2, "size": 2}, {"id": 3, "size": 500}, {"id": 4, "size": 4}]
 
@@ -40,3 +42,16 @@ async def test_rows_written_together_are_all_written_or_none(database: Database)
         async with database.statement() as conn:
             await conn.execute(text("DROP TABLE sizes"))
         await database.dispose()
+
+
+async def test_a_pool_with_no_free_connection_is_unavailable_not_a_bug(fresh_database: str) -> None:
+    """Every connection busy past the pool's timeout: a 503 and a retried job, like an outage, not a 500."""
+    engine = create_async_engine(fresh_database, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    database = Database(engine)
+    try:
+        async with engine.connect():  # holds the pool's only connection
+            with pytest.raises(DependencyUnavailableError):
+                async with database.session() as session:
+                    await session.execute(text("SELECT 1"))
+    finally:
+        await engine.dispose()

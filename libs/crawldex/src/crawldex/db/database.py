@@ -11,6 +11,7 @@ from sqlalchemy import event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -21,8 +22,9 @@ from sqlalchemy.ext.asyncio import (
 
 from crawldex.errors import DependencyUnavailableError
 
-# Errors that mean "the database is not there right now", as opposed to a bad statement.
-_UNREACHABLE = (OperationalError, InterfaceError, OSError, TimeoutError)
+# Errors that mean "the database is not there right now", as opposed to a bad statement. SQLAlchemy's
+# TimeoutError (no free connection in the pool within its timeout: every one is busy) is not the builtin.
+_UNREACHABLE = (OperationalError, InterfaceError, OSError, TimeoutError, PoolTimeoutError)
 # SQLSTATE classes of the same: 08 connection exception, 53 insufficient resources (too many connections),
 # 57P operator intervention (shutting down, crashed, starting up: "cannot connect now"). asyncpg raises these
 # as its own classes, which SQLAlchemy wraps in a plain DBAPIError.
