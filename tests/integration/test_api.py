@@ -162,6 +162,19 @@ def test_failed_page_is_recorded(client: TestClient) -> None:
         ("crawl.page", False, "https://docs.example.com/broken")
     ]
 
+    # Several failed pages in one delivery: each row holds its own page's error, not all of them.
+    pages = [
+        {"markdown": "x", "metadata": {"url": f"https://gone.example/{code}", "statusCode": code}}
+        for code in (404, 500)
+    ]
+    body = json.dumps({"success": True, "type": "crawl.page", "id": "crawl-fails", "data": pages}).encode()
+    assert post_webhook(client, body).json()["status"] == "recorded"
+    events = client.portal.call(services.crawl_events.list_for_crawl, "crawl-fails")  # type: ignore[union-attr]
+    assert [(e.url, e.error) for e in events] == [
+        ("https://gone.example/404", "page answered HTTP 404"),
+        ("https://gone.example/500", "page answered HTTP 500"),
+    ]
+
 
 @pytest.mark.parametrize(
     "signature",
@@ -407,13 +420,22 @@ def test_streamed_oversize_json_body_is_413(client: TestClient) -> None:
 
 def test_database_down(settings: Settings, embedder: LocalModelEmbedder) -> None:
     down = settings.model_copy(
-        update={"database_url": "postgresql+asyncpg://postgres@127.0.0.1:1/none", "migrate_on_start": False}
+        update={
+            "database_url": "postgresql+asyncpg://postgres@127.0.0.1:1/none",
+            "migrate_on_start": False,
+            "firecrawl_url": "http://127.0.0.1:9/",  # reconciliation on; queued only, never run here
+        }
     )
     with TestClient(create_app(down, embedder=embedder)) as client:
         # Nothing of a lifecycle event would be kept: refuse it, so the sender knows.
         lifecycle = post_webhook(client, fixture_bytes("firecrawl", "crawl_started.json"))
         assert lifecycle.status_code == 503
         assert lifecycle.headers["Retry-After"]
+        # A crawl's end still queues its reconciliation (Redis is up), the crawl's net for lost pages;
+        # only the event's row is lost.
+        completed = post_webhook(client, fixture_bytes("firecrawl", "crawl_completed.json"))
+        assert completed.status_code == 200, completed.text
+        assert completed.json()["reconcile_job_id"]
         # Pages are queued in Redis, which is up: the delivery is accepted.
         assert post_webhook(client, fixture_bytes("firecrawl", "v2_crawl_page.json")).status_code == 202
         health = client.get("/health")

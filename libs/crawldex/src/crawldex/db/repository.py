@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -144,9 +144,11 @@ class CrawlEventRepository:
         event_type: str,
         webhook_id: str | None,
         success: bool,
-        urls: list[str | None],
-        error: str | None,
+        failures: Sequence[tuple[str | None, str | None]] = (),
+        error: str | None = None,
     ) -> None:
+        """One row per failed page (its URL and its own error), or one row for the event when none failed
+        (``error``: the event's own, if it has one)."""
         async with self._db.session() as session:
             session.add_all(
                 CrawlEvent(
@@ -155,9 +157,9 @@ class CrawlEventRepository:
                     webhook_id=webhook_id,
                     success=success,
                     url=url,
-                    error=error,
+                    error=page_error,
                 )
-                for url in (urls or [None])
+                for url, page_error in (failures or [(None, error)])
             )
 
     async def list_for_crawl(self, crawl_id: str) -> list[CrawlEvent]:

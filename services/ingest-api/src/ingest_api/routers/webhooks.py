@@ -193,6 +193,15 @@ async def _accept(delivery: FirecrawlDelivery, services: Services, charge: RateC
         change_event_ids.append(event.id)
         if job_id:
             job_ids.append(job_id)
+    # crawl.completed / batch_scrape.completed: read the results back, for pages whose webhook was lost.
+    # Queued before the event is recorded: it needs Redis only, and is the crawl's safety net when
+    # PostgreSQL is what failed.
+    reconciliation = None
+    if completion_kind(delivery.event_type) is not None:
+        await services.received_pages.flush()  # the pages this replica received are known to it first
+        reconciliation = await asyncio.to_thread(
+            schedule_on_completion, services.queue, services.settings, delivery.event_type, delivery.crawl_id
+        )
     if delivery.failed or not delivery.is_page_event:
         try:
             await services.crawl_events.record(
@@ -200,21 +209,14 @@ async def _accept(delivery: FirecrawlDelivery, services: Services, charge: RateC
                 event_type=delivery.event_type,
                 webhook_id=delivery.webhook_id,
                 success=delivery.success and not delivery.failed,
-                urls=[f.url for f in delivery.failed],
-                error="; ".join(f.error for f in delivery.failed) or delivery.error,
+                failures=[(f.url, f.error) for f in delivery.failed],
+                error=delivery.error,
             )
         except DependencyUnavailableError:
-            if not job_ids:
+            if not job_ids and reconciliation is None:
                 raise  # nothing else of this delivery was kept: 503, so the sender knows
-            # The pages are queued; only the bookkeeping of the failed ones is lost. Say so, loudly.
-            log.exception("could not record the failed pages of Firecrawl crawl %s", delivery.crawl_id)
-    # crawl.completed / batch_scrape.completed: read the results back, for pages whose webhook was lost.
-    reconciliation = None
-    if completion_kind(delivery.event_type) is not None:
-        await services.received_pages.flush()  # the pages this replica received are known to it first
-        reconciliation = await asyncio.to_thread(
-            schedule_on_completion, services.queue, services.settings, delivery.event_type, delivery.crawl_id
-        )
+            # The pages or the reconciliation are queued; only the event's bookkeeping is lost. Say so, loudly.
+            log.exception("could not record %s of Firecrawl crawl %s", delivery.event_type, delivery.crawl_id)
     status_code, result_status = status.HTTP_202_ACCEPTED, "queued"
     if not job_ids:
         status_code = status.HTTP_200_OK
