@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import sys
 import textwrap
+import time
 
 import pytest
 import redis.asyncio as aioredis
 
-from crawldex.adapters.redis_lock import RedisDocumentLock
+from crawldex.adapters.redis_lock import LockLostError, RedisDocumentLock
 from crawldex.errors import DependencyUnavailableError
 
 LEASE = 0.6
@@ -103,14 +104,37 @@ async def test_a_lock_lost_to_another_writer_is_left_to_it(
     connection = aioredis.Redis.from_url(redis_url)
     holder = RedisDocumentLock(connection, lease_seconds=LEASE, wait_seconds=0.1)
     try:
-        async with holder.hold_many(["kept", "lost"]):
+        async with holder.hold_many(["kept", "lost"]) as lease:
+            lease.check()
             # As if the lease had lapsed (a stalled holder) and another writer then took the lock.
             await connection.set("crawldex:lock:doc:lost", "another-writer")
             await asyncio.sleep(LEASE)  # a renewal or more: "kept" renewed, "lost" found gone
             assert await connection.pttl("crawldex:lock:doc:kept") > 0
+            with pytest.raises(LockLostError, match="lost the lock of document lost to another writer"):
+                lease.check()  # the holder's writes left undone are refused
         assert "lost the lock of document lost" in caplog.text
         assert await connection.get("crawldex:lock:doc:lost") == b"another-writer"  # not released by us
         assert not await connection.exists("crawldex:lock:doc:kept")
+    finally:
+        await connection.aclose()
+
+
+async def test_a_stalled_holder_refuses_to_write_once_its_lease_may_have_lapsed(
+    redis_url: str, clean_redis: object
+) -> None:
+    """No renewal could run (the holder's event loop blocked, as a stuck call or a paused process would):
+    the lease is not known to last, so the holder may not write, whoever holds the lock now."""
+    connection = aioredis.Redis.from_url(redis_url)
+    holder = RedisDocumentLock(connection, lease_seconds=KILLED_LEASE, wait_seconds=0.1)
+    try:
+        async with holder.hold("page") as lease:
+            await asyncio.sleep(0)  # the renewal task starts waiting for its first turn
+            time.sleep(KILLED_LEASE * 0.73)  # noqa: ASYNC251  # the loop blocked past 2/3 of the lease, on purpose
+            with pytest.raises(LockLostError, match="last renewed"):
+                lease.check()
+            # The lock had not expired yet: the renewal due long ago runs now, and writes may go on.
+            await asyncio.sleep(0.3)
+            lease.check()
     finally:
         await connection.aclose()
 
@@ -120,7 +144,7 @@ async def test_a_killed_holders_lock_frees_itself_within_a_lease(redis_url: str,
         f"""
         import asyncio, os, signal
         import redis.asyncio as aioredis
-        from crawldex.adapters.redis_lock import RedisDocumentLock
+        from crawldex.adapters.redis_lock import LockLostError, RedisDocumentLock
 
         async def main():
             lock = RedisDocumentLock(aioredis.Redis.from_url({redis_url!r}), lease_seconds={KILLED_LEASE}, wait_seconds=1)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
+from crawldex.adapters.embedder import EmbedderInfo, Vector
 from crawldex.adapters.local_model import LocalModelEmbedder
+from crawldex.adapters.redis_lock import KEY_PREFIX, LockLostError, RedisDocumentLock
 from crawldex.adapters.tei import DIMENSION_PROBE_TEXT, TEIEmbedder
 from crawldex.config import Settings
 from crawldex.errors import DependencyUnavailableError, EmbedderError
@@ -167,6 +172,86 @@ async def test_embedder_failure_writes_nothing(settings: Settings, services: Ser
     record = await services.documents.get(document_id(canonicalize_url(URL)))
     assert record is not None
     assert record.chunk_count == len(before)
+
+
+class _TakenOverWhileEmbedding:
+    """The real model, during whose call the page's lock lapses and another writer takes it (a stalled
+    holder: a pause longer than the lease)."""
+
+    def __init__(
+        self, embedder: LocalModelEmbedder, connection: aioredis.Redis, key: str, lease: float
+    ) -> None:
+        self._embedder = embedder
+        self._connection = connection
+        self._key = key
+        self._lease = lease
+
+    @property
+    def info(self) -> EmbedderInfo:
+        return self._embedder.info
+
+    async def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
+        vectors = await self._embedder.embed_documents(texts)
+        await self._connection.set(self._key, "another-writer")
+        await asyncio.sleep(self._lease)  # a renewal finds the lock taken
+        return vectors
+
+    async def embed_query(self, text: str) -> Vector:
+        return await self._embedder.embed_query(text)
+
+    async def health(self) -> None:
+        await self._embedder.health()
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_a_writer_that_lost_its_documents_lock_writes_nothing(
+    services: Services, embedder: LocalModelEmbedder, redis_url: str
+) -> None:
+    await services.pipeline.index(_page("first version about petrels"))
+    before = await _points(services)
+    doc_id = document_id(canonicalize_url(URL))
+    connection = aioredis.Redis.from_url(redis_url)
+    lease = 0.6
+    pipeline = IndexingPipeline(
+        chunker=services.chunker,
+        embedder=_TakenOverWhileEmbedding(embedder, connection, f"{KEY_PREFIX}{doc_id}", lease),
+        store=services.store,
+        documents=services.documents,
+        bm25=services.bm25,
+        lock=RedisDocumentLock(connection, lease_seconds=lease, wait_seconds=1),
+    )
+    try:
+        with pytest.raises(LockLostError, match="to another writer"):
+            await pipeline.index(_page("second version about shearwaters"))
+        assert await connection.get(f"{KEY_PREFIX}{doc_id}") == b"another-writer"  # left to its holder
+    finally:
+        await connection.aclose()
+    assert await _points(services) == before
+    record = await services.documents.get(doc_id)
+    assert record is not None
+    assert record.chunk_count == len(before)
+    assert [p["text"] for p in before.values()] == ["first version about petrels"]
+
+
+async def test_a_removal_whose_delete_fails_leaves_a_page_the_next_delivery_indexes(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await services.pipeline.index(_page("text about fulmars"))
+
+    async def vector_store_down(*_: object) -> None:
+        raise DependencyUnavailableError("qdrant", "connection refused")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(services.store, "delete_chunks_from", vector_store_down)
+        with pytest.raises(DependencyUnavailableError):
+            await services.pipeline.remove(URL)
+    record = await services.documents.get(document_id(canonicalize_url(URL)))
+    assert record is not None
+    assert record.status == "gone"
+    # The same content delivered again is indexed anew, not skipped as unchanged.
+    assert (await services.pipeline.index(_page("text about fulmars"))).status is IndexStatus.INDEXED
 
 
 async def test_document_ids_are_the_canonical_url_uuid5(services: Services) -> None:

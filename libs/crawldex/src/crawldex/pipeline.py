@@ -32,12 +32,26 @@ from crawldex.telemetry.tracing import tracer
 from crawldex.urls import canonicalize_url, document_id, domain_of, point_id
 
 
+class Lease(Protocol):
+    """A held lock's proof, checked before each write."""
+
+    def check(self) -> None:
+        """Raise `DependencyUnavailableError` unless the locks are surely still this holder's."""
+
+
 class DocumentLock(Protocol):
     """Serialises writers of one document across processes (two jobs for one URL must not interleave)."""
 
-    def hold(self, key: str) -> AbstractAsyncContextManager[None]: ...
+    def hold(self, key: str) -> AbstractAsyncContextManager[Lease]: ...
 
-    def hold_many(self, keys: Sequence[str]) -> AbstractAsyncContextManager[None]: ...
+    def hold_many(self, keys: Sequence[str]) -> AbstractAsyncContextManager[Lease]: ...
+
+
+class _ProcessLease:
+    """An in-process lock is held until it is let go; it cannot lapse."""
+
+    def check(self) -> None:
+        return None
 
 
 class LocalDocumentLock:
@@ -46,15 +60,15 @@ class LocalDocumentLock:
     def __init__(self) -> None:
         self._locks: dict[str, asyncio.Lock] = {}
 
-    def hold(self, key: str) -> AbstractAsyncContextManager[None]:
+    def hold(self, key: str) -> AbstractAsyncContextManager[Lease]:
         return self.hold_many([key])
 
     @asynccontextmanager
-    async def hold_many(self, keys: Sequence[str]) -> AsyncIterator[None]:
+    async def hold_many(self, keys: Sequence[str]) -> AsyncIterator[Lease]:
         async with AsyncExitStack() as stack:
             for key in sorted(set(keys)):  # in key order: overlapping batches cannot deadlock
                 await stack.enter_async_context(self._locks.setdefault(key, asyncio.Lock()))
-            yield
+            yield _ProcessLease()
 
 
 class _Timer:
@@ -187,13 +201,13 @@ class IndexingPipeline:
 
     async def _index_pass(self, batch: list[_Prepared], timer: _Timer, *, force: bool) -> list[_Outcome]:
         """Index pages of distinct documents together."""
-        async with self._lock.hold_many([str(item.doc_id) for item in batch]):
+        async with self._lock.hold_many([str(item.doc_id) for item in batch]) as lease:
             existing = await self._documents.get_many([item.doc_id for item in batch])
             results: list[_Outcome | None] = []
             fresh: list[_Prepared] = []
             for item in batch:
                 previous = existing.get(item.doc_id)
-                skipped = await self._skip(item, previous, force=force)
+                skipped = await self._skip(item, previous, lease, force=force)
                 results.append(skipped)
                 if skipped is None:
                     fresh.append(item)
@@ -225,12 +239,15 @@ class IndexingPipeline:
                 records.append(self._record(item, len(chunks), now))
             # Upsert first, then drop the tails: a reader never sees a document vanish.
             async with timer.stage("upsert"):
+                lease.check()
                 await self._store.upsert(points)
             async with timer.stage("delete"):
+                lease.check()
                 await self._store.delete_stale_chunks(
                     [(record.doc_id, record.chunk_count) for record in records]
                 )
             async with timer.stage("record"):
+                lease.check()
                 await self._documents.save_many(records)
         written = iter(records)
         return [result if result is not None else _Outcome.of(next(written)) for result in results]
@@ -249,7 +266,7 @@ class IndexingPipeline:
         return [shares[position % threads][position // threads] for position in range(len(texts))]
 
     async def _skip(
-        self, item: _Prepared, existing: DocumentRecord | None, *, force: bool
+        self, item: _Prepared, existing: DocumentRecord | None, lease: Lease, *, force: bool
     ) -> _Outcome | None:
         """The outcome of a page with nothing to write (older than the index, or unchanged); else None."""
         if existing is None or force:
@@ -258,6 +275,7 @@ class IndexingPipeline:
         if existing.source_received_at > item.page.received_at:
             return _Outcome(IndexStatus.SUPERSEDED, existing.chunk_count)
         if existing.content_hash == item.digest and existing.status != DocumentStatus.GONE:
+            lease.check()
             await self._touch(existing, item.page)
             return _Outcome(IndexStatus.UNCHANGED, existing.chunk_count)
         return None
@@ -286,13 +304,14 @@ class IndexingPipeline:
         doc_id = document_id(canonical)
         received = received_at or self._clock()
         timer = _Timer(self._operations, [PageDocument(url=url, markdown="")])
-        async with self._lock.hold(str(doc_id)):
+        async with self._lock.hold(str(doc_id)) as lease:
             existing = await self._documents.get(doc_id)
             if existing is not None and existing.source_received_at > received:
                 return 0  # newer content arrived after the page was reported gone
-            async with timer.stage("delete"):
-                await self._store.delete_chunks_from(doc_id, 0)
+            # The row first: should the delete then fail for good, the row says GONE and a later delivery
+            # of the same content is indexed again; the other way round, an unchanged one would be skipped.
             async with timer.stage("record"):
+                lease.check()
                 await self._documents.save(
                     DocumentRecord(
                         doc_id=doc_id,
@@ -307,6 +326,9 @@ class IndexingPipeline:
                         source_received_at=received,
                     )
                 )
+            async with timer.stage("delete"):
+                lease.check()
+                await self._store.delete_chunks_from(doc_id, 0)
         DOCUMENTS_PROCESSED.labels("gone").inc()
         return existing.chunk_count if existing is not None else 0
 

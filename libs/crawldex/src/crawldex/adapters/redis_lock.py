@@ -6,6 +6,12 @@ within one lease, about when its job is re-run, instead of blocking the document
 
 A batch's locks are taken, renewed and released by one script call each (a round trip, not one per
 document): redis-py's `Lock` is one key per call, and a batch of eight pages would pay sixteen round trips.
+
+A holder that stalls (a renewal stuck on a dead connection, a process paused) can outlive its lease while
+another writer takes the lock and writes a newer version. So the holder checks its `Lease` before each
+write: unless a renewal (or the acquire) that started less than two thirds of a lease ago succeeded, and
+none found a lock taken over, the write is refused (`LockLostError`, a retried job). The remaining third
+is the time a write may take after its check.
 """
 
 from __future__ import annotations
@@ -64,6 +70,35 @@ return released
 """
 
 
+class LockLostError(DependencyUnavailableError):
+    """A document's lock may be another writer's now: the write is not made, and the job is retried."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("redis", message)
+
+
+class RedisLease:
+    """What a holder knows of its locks: until when they surely last, and whether one was taken over."""
+
+    def __init__(self, lease_seconds: float, started: float) -> None:
+        self._lease = lease_seconds
+        self._confirmed_at = started
+        self.lost: list[str] = []
+
+    def confirmed(self, started: float) -> None:
+        """A renewal sent at ``started`` (monotonic) succeeded: the locks last a lease from then."""
+        self._confirmed_at = max(self._confirmed_at, started)
+
+    def check(self) -> None:
+        if self.lost:
+            raise LockLostError(f"lost the lock of document {self.lost[0]} to another writer")
+        age = time.monotonic() - self._confirmed_at
+        if age > self._lease * 2 / 3:
+            raise LockLostError(
+                f"the document locks were last renewed {age:.1f}s ago (lease {self._lease:g}s); not writing"
+            )
+
+
 class RedisDocumentLock:
     def __init__(self, connection: aioredis.Redis, *, lease_seconds: float, wait_seconds: float) -> None:
         self._lease = lease_seconds
@@ -73,21 +108,26 @@ class RedisDocumentLock:
         self._renew_script = connection.register_script(_RENEW)
         self._release = connection.register_script(_RELEASE)
 
-    def hold(self, key: str) -> AbstractAsyncContextManager[None]:
+    def hold(self, key: str) -> AbstractAsyncContextManager[RedisLease]:
         return self.hold_many([key])
 
     @asynccontextmanager
-    async def hold_many(self, keys: Sequence[str]) -> AsyncIterator[None]:
+    async def hold_many(self, keys: Sequence[str]) -> AsyncIterator[RedisLease]:
         """Hold the locks of several documents (a batch of pages), taken in key order, so two writers of
-        overlapping batches never each hold a lock the other waits for; renewed together."""
+        overlapping batches never each hold a lock the other waits for; renewed together. Check the
+        lease it gives before each write."""
         token = uuid.uuid4().hex
         ordered = [KEY_PREFIX + key for key in sorted(set(keys))]
         held: list[str] = []
         try:
             deadline = time.monotonic() + self._wait
+            first_taken: float | None = None
             while len(held) < len(ordered):
                 wanted = ordered[len(held) :]
+                sent = time.monotonic()
                 taken = int(await self._call(self._acquire, wanted, token))
+                if taken and first_taken is None:
+                    first_taken = sent  # the earliest lock taken expires first
                 held.extend(wanted[:taken])
                 if taken < len(wanted):
                     if time.monotonic() >= deadline:
@@ -96,9 +136,10 @@ class RedisDocumentLock:
                             "redis", f"document {busy} stayed locked for {self._wait}s"
                         )
                     await asyncio.sleep(min(RETRY_SECONDS, max(0.0, deadline - time.monotonic())))
-            renewing = asyncio.create_task(self._renew(held, token))
+            lease = RedisLease(self._lease, first_taken if first_taken is not None else time.monotonic())
+            renewing = asyncio.create_task(self._renew(held, token, lease))
             try:
-                yield
+                yield lease
             finally:
                 renewing.cancel()
                 with suppress(asyncio.CancelledError):
@@ -122,9 +163,10 @@ class RedisDocumentLock:
         except RedisError as exc:
             raise DependencyUnavailableError("redis", f"document lock: {exc}") from exc
 
-    async def _renew(self, held: list[str], token: str) -> None:
+    async def _renew(self, held: list[str], token: str, lease: RedisLease) -> None:
         while held:
             await asyncio.sleep(self._lease / RENEWALS_PER_LEASE)
+            sent = time.monotonic()
             try:
                 still_held = await self._call(self._renew_script, held, token)
             except DependencyUnavailableError as exc:
@@ -132,9 +174,9 @@ class RedisDocumentLock:
                 continue  # the next renewal may get through before the lease ends
             for key, kept in zip(list(held), still_held, strict=True):
                 if not kept:
-                    # Writes are idempotent, so finishing is safe; another writer may now overlap this one.
-                    log.warning(
-                        "lost the lock of document %s; finishing the write without it",
-                        key.removeprefix(KEY_PREFIX),
-                    )
+                    document = key.removeprefix(KEY_PREFIX)
+                    log.warning("lost the lock of document %s; its writes left undone are refused", document)
+                    lease.lost.append(document)
                     held.remove(key)
+            if not lease.lost:
+                lease.confirmed(sent)
