@@ -41,7 +41,7 @@ class RefusingEmbedder:
 
     async def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
         if any(REFUSED in text for text in texts):
-            raise EmbedderError("TEI 413: one input is too large")
+            raise EmbedderError("TEI 413: one input is too large", status_code=413)
         return await self._model.embed_documents(texts)
 
     async def embed_query(self, text: str) -> Vector:
@@ -203,6 +203,58 @@ def test_a_batch_that_fails_is_indexed_again_one_job_at_a_time(
         latest = job.latest_result()
         assert latest is not None
         assert "TEI 413" in (latest.exc_string or "")
+    finally:
+        install_runtime(None)
+        runtime.close()
+
+
+class DownEmbedder(RefusingEmbedder):
+    """An embedding server that is down: every call fails as the TEI adapter fails once its own retries
+    are spent."""
+
+    def __init__(self, model: LocalModelEmbedder) -> None:
+        super().__init__(model)
+        self.calls = 0
+
+    async def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
+        self.calls += 1
+        raise EmbedderError("TEI 503: overloaded (gave up after 6 attempts)", status_code=503, transient=True)
+
+
+def test_a_batch_that_meets_an_outage_fails_its_jobs_at_once_and_each_is_retried(
+    settings: Settings,
+    embedder: LocalModelEmbedder,
+    clean_redis: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Indexing the pages one by one would meet the same outage once a page: one call, not one plus three."""
+    down = DownEmbedder(embedder)
+    runtime = start_runtime(settings.model_copy(update={"index_job_retries": 2}), down)
+    try:
+        queue = runtime.index.queue
+        jobs = [queue.enqueue_index(page(number)) for number in range(3)]
+        work(clean_redis, batch_pages=8)
+
+        assert down.calls == 1
+        for enqueued in jobs:
+            job = Job.fetch(enqueued.job_id, connection=clean_redis, serializer=JSONSerializer)
+            assert job.get_status() == "scheduled"  # a retry after its wait, as RQ retries a failed job
+            assert job.retries_left == 1
+        assert caplog.text.count("the batch this job was in failed: embedder: TEI 503") == 3
+    finally:
+        install_runtime(None)
+        runtime.close()
+
+
+def test_a_page_whose_input_the_embedder_refuses_is_not_retried(
+    settings: Settings, embedder: LocalModelEmbedder, clean_redis: redis.Redis
+) -> None:
+    runtime = start_runtime(settings.model_copy(update={"index_job_retries": 3}), RefusingEmbedder(embedder))
+    try:
+        refused = runtime.index.queue.enqueue_index(page(2, REFUSED))
+        work(clean_redis, batch_pages=8)
+        job = Job.fetch(refused.job_id, connection=clean_redis, serializer=JSONSerializer)
+        assert job.get_status() == "failed"  # at once: the same input would be refused again
     finally:
         install_runtime(None)
         runtime.close()

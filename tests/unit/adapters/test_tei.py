@@ -335,6 +335,7 @@ async def test_503_exhausted_raises_with_status(harness: Harness, embedder: TEIE
     assert caught.value.status_code == 503
     assert "Unhealthy" in str(caught.value)
     assert f"gave up after {MAX_RETRIES + 1} attempts" in str(caught.value)
+    assert caught.value.transient  # an outage: a batch fails whole (crawldex.jobs.index_together)
     assert len(harness.server.requests) - sent_before == MAX_RETRIES + 1
     assert len(harness.sleeps) == MAX_RETRIES
 
@@ -367,6 +368,7 @@ async def test_timeouts_exhausted_raise_without_status(harness: Harness, embedde
     with pytest.raises(EmbedderError, match="ReadTimeout") as caught:
         await embedder.embed_query("q")
     assert caught.value.status_code is None
+    assert caught.value.transient
     assert len(harness.sleeps) == MAX_RETRIES
 
 
@@ -400,6 +402,7 @@ async def test_non_retryable_errors_raise_immediately(
     with pytest.raises(EmbedderError) as caught:
         await embedder.embed_documents(["a"])
     assert caught.value.status_code == status
+    assert not caught.value.transient  # these inputs' failure: a batch's pages are tried one by one
     assert expected_text in str(caught.value)
     assert f"HTTP {status}" in str(caught.value)
     assert len(harness.server.requests) - sent_before == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 
 class CrawldexError(Exception):
     """Base class of crawldex's own errors."""
@@ -24,8 +26,21 @@ class DependencyUnavailableError(CrawldexError):
 
 
 class EmbedderError(DependencyUnavailableError):
-    """The embedder failed to embed; retrying the job later may succeed."""
+    """The embedder failed to embed; retrying the job later may succeed.
 
-    def __init__(self, message: str, status_code: int | None = None) -> None:
+    ``transient``: the embedder is down or overloaded (refused connections, timeouts, 429, 5xx, after the
+    adapter's own retries), as opposed to refusing these inputs (413, 422) or failing on them.
+    """
+
+    def __init__(self, message: str, status_code: int | None = None, *, transient: bool = False) -> None:
         super().__init__("embedder", message)
         self.status_code = status_code
+        self.transient = transient
+
+
+def is_outage(exc: BaseException) -> TypeGuard[DependencyUnavailableError]:
+    """Whether ``exc`` says an outside system is unavailable, which any other input would meet as well,
+    rather than that something about these inputs failed."""
+    if isinstance(exc, EmbedderError):
+        return exc.transient
+    return isinstance(exc, DependencyUnavailableError)

@@ -36,6 +36,7 @@ from crawldex.crawls import (
 )
 from crawldex.db.change_events import ChangeEventRepository
 from crawldex.db.tables import ChangeEventStatus
+from crawldex.errors import DependencyUnavailableError, EmbedderError, is_outage
 from crawldex.logs import log_context
 from crawldex.models import IndexOutcome, IndexStatus, PageDocument, utc_now
 from crawldex.operations import OperationRecord, OperationSink
@@ -189,9 +190,13 @@ def index_together(jobs: Sequence[Job]) -> None:
     the crawls' pages as indexed in one write; each job, when RQ performs it, then takes its page's outcome
     instead of indexing the page itself.
 
-    Should the batch fail, nothing is kept: each job indexes its page on its own, so an error is the
-    job's own and RQ retries only the jobs that fail alone. Should only the crawl record fail, each job
-    records its own page, as an unbatched job does.
+    Should the batch fail on its pages (an input the embedder refuses, a page that breaks the model),
+    nothing is kept: each job indexes its page on its own, so an error is the job's own and RQ retries
+    only the jobs that fail alone. Should it fail because a dependency is unavailable (`is_outage`: the
+    embedder down or overloaded after its own retries, Qdrant, PostgreSQL, a document lock), every job
+    fails at once with that error and RQ retries each after its wait: indexing the pages one by one would
+    meet the same outage once a page, each time after the adapters' own retries. Should only the crawl
+    record fail, each job records its own page, as an unbatched job does.
     """
     runtime = current_runtime()
     services = runtime.index
@@ -233,6 +238,14 @@ def index_together(jobs: Sequence[Job]) -> None:
                 index_batch(), timeout=services.settings.index_job_timeout_seconds
             )
         except Exception as exc:
+            if is_outage(exc):
+                log.warning(
+                    "a batch of %d pages failed (%s); its jobs fail with it and are retried",
+                    len(pages),
+                    _error_text(exc),
+                )
+                _local.failed = dict.fromkeys(pages, exc)
+                return
             log.warning(
                 "a batch of %d pages failed (%s); each is indexed on its own", len(pages), _error_text(exc)
             )
@@ -245,12 +258,20 @@ def index_together(jobs: Sequence[Job]) -> None:
 def forget_batch() -> None:
     """Drop the outcomes of a batch whose jobs have all been performed (or that was abandoned)."""
     _local.indexed = {}
+    _local.failed = {}
 
 
-def _indexed_in_batch(job_id: str | None) -> _Batched | None:
-    """The job's share of this worker's batch; None if the job was not batched."""
+def _share_of_batch(job_id: str | None) -> _Batched | DependencyUnavailableError | None:
+    """The job's share of this worker's batch: its outcome, or the outage its batch met (`index_together`)
+    as the job's own error; None if the job was not batched."""
+    if job_id is None:
+        return None
+    failed: dict[str, DependencyUnavailableError] = getattr(_local, "failed", {})
+    outage = failed.pop(job_id, None)
+    if outage is not None:
+        return DependencyUnavailableError(outage.dependency, f"the batch this job was in failed: {outage}")
     indexed: dict[str, _Batched] = getattr(_local, "indexed", {})
-    return indexed.pop(job_id, None) if job_id is not None else None
+    return indexed.pop(job_id, None)
 
 
 def index_page(page: dict[str, Any], change_event_id: int | None = None) -> dict[str, Any]:
@@ -260,7 +281,8 @@ def index_page(page: dict[str, Any], change_event_id: int | None = None) -> dict
     document = PageDocument.model_validate(page)
     current = get_current_job()
     job_id = current.id if current is not None else None
-    batched = _indexed_in_batch(job_id)
+    share = _share_of_batch(job_id)
+    batched = share if isinstance(share, _Batched) else None
 
     async def index() -> IndexOutcome:
         outcome = batched.outcome if batched is not None else await services.pipeline.index(document)
@@ -283,12 +305,20 @@ def index_page(page: dict[str, Any], change_event_id: int | None = None) -> dict
         started=batched.started if batched is not None else None,
     ):
         try:
+            if isinstance(share, DependencyUnavailableError):
+                raise share
             outcome = runtime.run(index(), timeout=settings.index_job_timeout_seconds)
         except BaseException as exc:
+            if isinstance(exc, EmbedderError) and exc.status_code in _REFUSED_INPUT:
+                _no_more_retries()  # the embedder refuses this page's chunks: trying again will not help
             _fail_change_event(runtime, services.change_events, change_event_id, exc)
             _fail_crawl_page(runtime, services, document, job_id, exc)
             raise
     return outcome.as_job_result()
+
+
+# TEI's answers for inputs it will not embed: too large (413), or longer than the model takes (422).
+_REFUSED_INPUT = (413, 422)
 
 
 def _fail_crawl_page(

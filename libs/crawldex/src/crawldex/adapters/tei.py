@@ -222,6 +222,7 @@ class TEIEmbedder:
                 raise EmbedderError(
                     f"{outcome.message} (gave up after {attempt + 1} attempts)",
                     status_code=outcome.status_code,
+                    transient=True,
                 )
             attempt += 1
             delay = self._retry_delay(attempt - 1, outcome.retry_after)
