@@ -130,7 +130,9 @@ def test_each_worker_has_a_scaledobject_on_its_own_queue(render: Render) -> None
             assert trigger["authenticationRef"] == {"name": "crawldex-keda-redis"}
             assert all(isinstance(v, str) for v in trigger["metadata"].values())
         running = next(t for t in so["spec"]["triggers"] if t["metadata"]["listName"].startswith("rq:wip:"))
-        assert running["metadata"]["listLength"] == "1"  # never fewer replicas than running jobs
+        # Never fewer replicas than busy pods; an index-worker holds a batch's jobs started at once.
+        batch = config_data(objects)["CRAWLDEX_INDEX_BATCH_PAGES"] if queue == "indexing" else "1"
+        assert running["metadata"]["listLength"] == batch
         assert so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
         assert so["spec"]["fallback"]["replicas"] >= 1
 
@@ -175,7 +177,8 @@ def test_prometheus_option_scales_on_queued_plus_running_jobs(render: Render) ->
     (trigger,) = so["spec"]["triggers"]
     assert trigger["type"] == "prometheus"
     query = trigger["metadata"]["query"]
-    assert 'max(crawldex_jobs_running{queue="indexing"})' in query
+    batch = config_data(objects)["CRAWLDEX_INDEX_BATCH_PAGES"]
+    assert f'(max(crawldex_jobs_running{{queue="indexing"}}) or vector(0)) / {batch} +' in query
     assert 'max(crawldex_queue_depth{queue="indexing"})' in query
     assert trigger["metadata"]["threshold"] == "1"
     # The rescrape worker keeps its Redis triggers, on the external Redis named in keda.redis.address.
