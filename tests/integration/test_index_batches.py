@@ -3,6 +3,9 @@ batch (real RQ and Redis, PostgreSQL, the model, the embedded store); each job s
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import Any
@@ -242,6 +245,103 @@ def test_a_batch_that_meets_an_outage_fails_its_jobs_at_once_and_each_is_retried
             assert job.retries_left == 1
         assert caplog.text.count("the batch this job was in failed: embedder: TEI 503") == 3
     finally:
+        install_runtime(None)
+        runtime.close()
+
+
+class StopAskedOnFirstPageAlone(RefusingEmbedder):
+    """`RefusingEmbedder` that sends this process SIGTERM (Kubernetes stopping the pod) while it embeds the
+    first page indexed on its own, after its batch failed."""
+
+    async def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
+        if len(texts) == 1 and not getattr(self, "signalled", False):
+            self.signalled = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        return await super().embed_documents(texts)
+
+
+def test_a_warm_stop_puts_back_the_jobs_that_would_index_on_their_own(
+    settings: Settings, embedder: LocalModelEmbedder, clean_redis: redis.Redis
+) -> None:
+    """A batch that failed on a page is indexed again job by job, which the grace period was not sized
+    for: asked to stop, the worker finishes the job it is on and puts the rest back, no try spent."""
+    runtime = start_runtime(
+        settings.model_copy(update={"index_job_retries": 2}), StopAskedOnFirstPageAlone(embedder)
+    )
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        queue = runtime.index.queue
+        first, refused, last = (
+            queue.enqueue_index(page(1)),
+            queue.enqueue_index(page(2, REFUSED)),
+            queue.enqueue_index(page(3)),
+        )
+        rq_queue = Queue(QUEUE_INDEXING, connection=clean_redis, serializer=JSONSerializer)
+        worker = CrawldexWorker(
+            [rq_queue], connection=clean_redis, name=worker_name("stop-test"), index_batch_pages=8
+        )
+        worker.work(burst=True, with_scheduler=False)
+
+        assert result_of(clean_redis, first.job_id)["batch_pages"] == 1  # performed: it was under way
+        assert rq_queue.get_job_ids() == [refused.job_id, last.job_id]  # back at the front, in order
+        assert rq_queue.started_job_registry.count == 0
+        for put_back in (refused, last):
+            job = Job.fetch(put_back.job_id, connection=clean_redis, serializer=JSONSerializer)
+            assert job.get_status() == "queued"
+            assert job.retries_left == 2  # no try spent
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+
+    work(clean_redis, batch_pages=8)  # another worker takes them as any queued job
+    assert result_of(clean_redis, last.job_id)["chunk_count"] >= 1
+    install_runtime(None)
+    runtime.close()
+
+
+class ColdStopOnFirstPageAlone(RefusingEmbedder):
+    """Two SIGTERMs, more than a second apart (RQ ignores a second one sooner), while the first page
+    indexed on its own is embedded: a cold shutdown."""
+
+    async def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
+        if len(texts) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1.2)  # noqa: ASYNC251  # the second signal must come over a second later
+            os.kill(os.getpid(), signal.SIGTERM)
+        return await super().embed_documents(texts)
+
+
+def test_a_cold_stop_stops_the_batch_at_once(
+    settings: Settings, embedder: LocalModelEmbedder, clean_redis: redis.Redis
+) -> None:
+    """RQ's perform_job turns the cold stop's SystemExit into the job's failure; the batch must not go
+    on to its next job. The jobs not performed are left started, for RQ's clean-up once their leases lapse."""
+    runtime = start_runtime(
+        settings.model_copy(update={"index_job_retries": 2}), ColdStopOnFirstPageAlone(embedder)
+    )
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        queue = runtime.index.queue
+        jobs = [
+            queue.enqueue_index(page(1)),
+            queue.enqueue_index(page(2, REFUSED)),
+            queue.enqueue_index(page(3)),
+        ]
+        rq_queue = Queue(QUEUE_INDEXING, connection=clean_redis, serializer=JSONSerializer)
+        worker = CrawldexWorker(
+            [rq_queue], connection=clean_redis, name=worker_name("cold-test"), index_batch_pages=8
+        )
+        with pytest.raises(SystemExit):
+            worker.work(burst=True, with_scheduler=False)
+        statuses = [
+            Job.fetch(job.job_id, connection=clean_redis, serializer=JSONSerializer).get_status()
+            for job in jobs
+        ]
+        assert statuses[1:] == ["started", "started"]  # never performed
+        assert statuses[0] != "finished"  # the job the stop interrupted
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
         install_runtime(None)
         runtime.close()
 

@@ -261,6 +261,12 @@ def forget_batch() -> None:
     _local.failed = {}
 
 
+def holds_share_of_batch(job_id: str) -> bool:
+    """Whether the job's page was indexed with its batch (or met its batch's outage): performing it then
+    takes no indexing of its own."""
+    return job_id in getattr(_local, "indexed", {}) or job_id in getattr(_local, "failed", {})
+
+
 def _share_of_batch(job_id: str | None) -> _Batched | DependencyUnavailableError | None:
     """The job's share of this worker's batch: its outcome, or the outage its batch met (`index_together`)
     as the job's own error; None if the job was not batched."""

@@ -20,13 +20,14 @@ from contextlib import contextmanager
 from datetime import timedelta
 from functools import partial
 from itertools import takewhile
+from types import FrameType
 from typing import Any
 
 import redis
 from prometheus_client import start_http_server
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
@@ -37,7 +38,14 @@ from rq.worker import WorkerStatus
 from crawldex.adapters.queue import INDEX_JOB, INDEX_JOB_ID_PREFIX, connect_redis
 from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE, Settings
 from crawldex.errors import ConfigurationError
-from crawldex.jobs import JobLoop, WorkerRuntime, forget_batch, index_together, install_runtime
+from crawldex.jobs import (
+    JobLoop,
+    WorkerRuntime,
+    forget_batch,
+    holds_share_of_batch,
+    index_together,
+    install_runtime,
+)
 from crawldex.logs import configure_logging
 from crawldex.recovery import recover_change_events
 from crawldex.services import RescrapeServices, Services
@@ -154,6 +162,7 @@ class CrawldexWorker(SimpleWorker):
         self._executions: dict[str, Execution] = {}
         # While a batch runs: the jobs that succeeded, recorded as finished when it ends.
         self._successes: list[tuple[Job, Queue, Execution]] | None = None
+        self._force_stopped = False
         self._take_index_jobs = self.connection.register_script(_TAKE_INDEX_JOBS)
 
     def run_maintenance_tasks(self) -> None:
@@ -169,6 +178,10 @@ class CrawldexWorker(SimpleWorker):
         return self.heartbeat_seconds * self.LEASE_BEATS
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        # Busy from here on (RQ writes the state to Redis with the batch's start): a warm stop asked while
+        # jobs are taken for the batch then waits for the batch, as for a job, instead of raising
+        # StopRequested with taken jobs left in RQ's intermediate list, each to lose a try.
+        self._state = WorkerStatus.BUSY
         batch = [(job, queue), *self._more_index_jobs(job, queue)]
         self._executions = self._prepare_executions(batch)
         if self._heartbeat is None:
@@ -179,14 +192,47 @@ class CrawldexWorker(SimpleWorker):
                 if len(leading) > 1:
                     index_together(leading)
                 self._successes = [] if len(batch) > 1 else None
-                for queued, origin in batch:
+                for position, (queued, origin) in enumerate(batch):
+                    if self._stop_requested and len(batch) > 1 and not holds_share_of_batch(queued.id):
+                        # Asked to stop: what is left needs indexing of its own (the batch failed on a
+                        # page, or a job of another kind ended it), which the grace period was not sized
+                        # for. It goes back to its queue for another worker, no try spent.
+                        self._return_to_queues(batch[position:])
+                        break
                     self.execution = self._executions[queued.id]
                     self.perform_job(queued, origin)
+                    if self._force_stopped:
+                        raise SystemExit("cold shutdown")  # RQ's perform_job caught the first one
             finally:
                 forget_batch()
                 self._record_successes()
         self._executions = {}  # only now: no beat follows the end of `running`
         self.set_state(WorkerStatus.IDLE)
+
+    def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
+        self._force_stopped = True
+        super().request_force_stop(signum, frame)
+
+    def _return_to_queues(self, jobs: Sequence[tuple[Job, Queue]]) -> None:
+        """Jobs of a batch not performed: queued again at the front of their queues, in their order, their
+        executions and leases gone, as if they had never been taken."""
+        for queued, _ in jobs:
+            if self._heartbeat is not None:
+                self._heartbeat.release(queued)  # before the execution goes: no beat writes it again
+        try:
+            with self.connection.pipeline() as pipeline:
+                for queued, origin in reversed(jobs):
+                    self._executions[queued.id].delete(job=queued, pipeline=pipeline)
+                    queued.set_status(JobStatus.QUEUED, pipeline=pipeline)
+                    origin.push_job_id(queued.id, pipeline=pipeline, at_front=True)
+                pipeline.execute()
+        except redis.RedisError:
+            # Their leases lapse; RQ's clean-up of abandoned jobs runs them again (a try each).
+            log.exception("could not put %d jobs back on their queues", len(jobs))
+            return
+        log.info(
+            "warm shutdown: %d jobs put back on their queues: %s", len(jobs), ", ".join(j.id for j, _ in jobs)
+        )
 
     def _more_index_jobs(self, job: Job, queue: Queue) -> list[tuple[Job, Queue]]:
         """After an index job, the jobs queued behind it, up to ``index_batch_pages`` jobs in all, taken

@@ -1,7 +1,8 @@
 """`crawldex-index-worker`: an RQ worker on the `indexing` queue.
 
 Services (the model above all) are built once per process and reused by every job. SIGTERM lets the
-running job finish (RQ's warm shutdown); a second SIGTERM stops at once.
+running job or batch finish (RQ's warm shutdown; a batch's jobs that would index on their own go back to
+their queue); a second SIGTERM stops at once.
 """
 
 from __future__ import annotations
