@@ -254,6 +254,18 @@ async def test_a_removal_whose_delete_fails_leaves_a_page_the_next_delivery_inde
     assert (await services.pipeline.index(_page("text about fulmars"))).status is IndexStatus.INDEXED
 
 
+async def test_a_retried_job_reports_its_earlier_tries_write_as_indexed(services: Services) -> None:
+    """A job that wrote its page and then failed (recording its end, a killed worker) runs again with the
+    same page: the page was indexed by this delivery, not found unchanged (a change event would close
+    as `unchanged`)."""
+    delivery = _page("text about storm petrels")
+    assert (await services.pipeline.index(delivery)).status is IndexStatus.INDEXED
+    assert (await services.pipeline.index(delivery)).status is IndexStatus.INDEXED  # the retry
+    # The same content delivered again later is unchanged.
+    assert (await services.pipeline.index(_page("text about storm petrels"))).status is IndexStatus.UNCHANGED
+    assert (await services.pipeline.index(delivery)).status is IndexStatus.SUPERSEDED  # older than that one
+
+
 async def test_document_ids_are_the_canonical_url_uuid5(services: Services) -> None:
     outcome = await services.pipeline.index(_page("x"))
     assert uuid.UUID(outcome.doc_id) == document_id(canonicalize_url(URL))

@@ -275,6 +275,13 @@ class IndexingPipeline:
         if existing.source_received_at > item.page.received_at:
             return _Outcome(IndexStatus.SUPERSEDED, existing.chunk_count)
         if existing.content_hash == item.digest and existing.status != DocumentStatus.GONE:
+            if (
+                existing.source_received_at == item.page.received_at
+                and existing.indexed_at >= item.page.received_at
+            ):
+                # Written from this very delivery, after it came: by an earlier try of this job, which
+                # failed later (recording its end, a worker killed after the write). Its outcome stands.
+                return _Outcome.of(existing)
             lease.check()
             await self._touch(existing, item.page)
             return _Outcome(IndexStatus.UNCHANGED, existing.chunk_count)
