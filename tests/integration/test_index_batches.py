@@ -96,10 +96,14 @@ def runtime(settings: Settings, embedder: LocalModelEmbedder) -> Iterator[Worker
     started.close()
 
 
-def work(connection: redis.Redis, batch_pages: int) -> Queue:
+def work(connection: redis.Redis, batch_pages: int, max_chars: int = 1_000_000) -> Queue:
     queue = Queue(QUEUE_INDEXING, connection=connection, serializer=JSONSerializer)
     worker = CrawldexWorker(
-        [queue], connection=connection, name=worker_name("batch-test"), index_batch_pages=batch_pages
+        [queue],
+        connection=connection,
+        name=worker_name("batch-test"),
+        index_batch_pages=batch_pages,
+        index_batch_max_chars=max_chars,
     )
     worker.work(burst=True, with_scheduler=False)
     assert queue.started_job_registry.count == 0
@@ -136,6 +140,22 @@ def test_queued_pages_are_indexed_in_batches_and_each_job_ends_on_its_own(
     for document, result in zip(pages, results, strict=True):
         assert indexed_hash(runtime, document) == result["content_hash"]
     assert runtime.run(runtime.index.store.count()) == sum(r["chunk_count"] for r in results)
+
+
+def test_a_batch_holds_no_more_markdown_than_its_limit(
+    runtime: WorkerRuntime, clean_redis: redis.Redis
+) -> None:
+    pages = [page(number, "x" * 100) for number in range(5)]  # 110 characters of markdown each
+    large = page(9, "y" * 1000)
+    jobs = [runtime.index.queue.enqueue_index(p) for p in [*pages, large]]
+
+    queue = work(clean_redis, batch_pages=8, max_chars=300)
+
+    results = [result_of(clean_redis, job.job_id) for job in jobs]
+    # Two pages a batch, the rest left queued for the next; a page over the limit alone.
+    assert [r["batch_pages"] for r in results] == [2, 2, 2, 2, 1, 1]
+    assert [r["status"] for r in results] == ["indexed"] * 6
+    assert queue.intermediate_queue.get_job_ids() == []
 
 
 def test_a_batch_of_one_job_at_a_time_is_the_old_worker(

@@ -159,6 +159,14 @@ class Settings(BaseSettings):
             "queued, up to this many; it never waits for more). 1: one job at a time."
         ),
     )
+    index_batch_max_chars: int = Field(
+        default=1_000_000,
+        ge=1,
+        description=(
+            "Markdown characters a batch holds at most, its pages together: the jobs that would go past it "
+            "are left queued for the next batch (a first page larger than this is indexed alone)."
+        ),
+    )
     job_result_ttl_seconds: int = Field(default=86400, ge=0)
     job_failure_ttl_seconds: int = Field(default=7 * 86400, ge=0)
     index_job_retries: int = Field(default=3, ge=0)

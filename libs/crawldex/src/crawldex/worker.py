@@ -80,6 +80,15 @@ def _is_index_job(job: Job) -> bool:
         return False
 
 
+def _markdown_chars(job: Job) -> int:
+    """The length of an index job's markdown; 0 for another job, or one whose data cannot be read."""
+    try:
+        markdown = job.args[0]["markdown"]
+    except Exception:  # not an index job's arguments, or RQ's DeserializationError
+        return 0
+    return len(markdown) if isinstance(markdown, str) else 0
+
+
 def _took(job: Job) -> timedelta | None:
     return job.ended_at - job.started_at if job.started_at and job.ended_at else None
 
@@ -146,6 +155,7 @@ class CrawldexWorker(SimpleWorker):
         maintenance_seconds: int = 30,
         extra_maintenance: Callable[[], None] | None = None,
         index_batch_pages: int = 1,
+        index_batch_max_chars: int = 1_000_000,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("serializer", JSONSerializer)
@@ -158,6 +168,7 @@ class CrawldexWorker(SimpleWorker):
         self.heartbeat_seconds = heartbeat_seconds
         self._extra_maintenance = extra_maintenance
         self.index_batch_pages = index_batch_pages
+        self.index_batch_max_chars = index_batch_max_chars
         self._heartbeat: JobHeartbeat | None = None
         self._executions: dict[str, Execution] = {}
         # While a batch runs: the jobs that succeeded, recorded as finished when it ends.
@@ -258,7 +269,31 @@ class CrawldexWorker(SimpleWorker):
             if more.id not in seen:
                 seen.add(more.id)
                 unique.append((more, origin))
-        return unique
+        return self._within_size(job, unique)
+
+    def _within_size(self, job: Job, taken: list[tuple[Job, Queue]]) -> list[tuple[Job, Queue]]:
+        """The jobs taken that keep the batch's markdown within ``index_batch_max_chars``; the others go
+        back to the front of their queue, in their order, still queued (they were only taken): a batch's
+        chunks, vectors and payloads are held at once, and a few very large pages together could exhaust
+        the worker's memory, taking the small pages batched with them down too."""
+        budget = self.index_batch_max_chars - _markdown_chars(job)
+        for position, (more, _) in enumerate(taken):
+            budget -= _markdown_chars(more)
+            if budget < 0:
+                self._put_back(taken[position:])
+                return taken[:position]
+        return taken
+
+    def _put_back(self, jobs: Sequence[tuple[Job, Queue]]) -> None:
+        try:
+            with self.connection.pipeline() as pipeline:
+                for more, origin in reversed(jobs):
+                    pipeline.lrem(origin.intermediate_queue_key, 0, more.id)
+                    origin.push_job_id(more.id, pipeline=pipeline, at_front=True)
+                pipeline.execute()
+        except redis.RedisError:
+            # Left in the intermediate list, RQ's clean-up of it re-queues them.
+            log.exception("could not put back %d jobs taken beyond a batch's size", len(jobs))
 
     def _move_index_jobs(self, queue: Queue, count: int) -> list[tuple[Job, Queue]]:
         """`_more_index_jobs` in two round trips: `_TAKE_INDEX_JOBS`, then one read of the jobs taken."""
@@ -597,6 +632,7 @@ def run_worker(settings: Settings, kind: str, *, burst: bool = False) -> None:
         heartbeat_seconds=settings.worker_heartbeat_seconds,
         maintenance_seconds=settings.worker_maintenance_seconds,
         index_batch_pages=settings.index_batch_pages,
+        index_batch_max_chars=settings.index_batch_max_chars,
         extra_maintenance=(
             partial(sweep_change_events, runtime, connection, settings) if kind == "rescrape-worker" else None
         ),
@@ -669,6 +705,7 @@ class EmbeddedConsumer:
             heartbeat_seconds=self._settings.worker_heartbeat_seconds,
             maintenance_seconds=self._settings.worker_maintenance_seconds,
             index_batch_pages=self._settings.index_batch_pages,
+            index_batch_max_chars=self._settings.index_batch_max_chars,
             extra_maintenance=partial(sweep_change_events, runtime, connection, self._settings),
         )
         self._ready.set()
