@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -18,7 +19,7 @@ from rq.serializers import JSONSerializer
 
 from crawldex.adapters.embedder import Embedder, EmbedderInfo, Vector
 from crawldex.adapters.local_model import LocalModelEmbedder
-from crawldex.adapters.queue import REMOVE_JOB, JobQueue
+from crawldex.adapters.queue import REMOVE_JOB, EnqueuedJob, JobQueue
 from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE, Settings
 from crawldex.db.crawls import CrawlRepository
 from crawldex.errors import DependencyUnavailableError, EmbedderError
@@ -269,6 +270,30 @@ def test_a_batch_that_meets_an_outage_fails_its_jobs_at_once_and_each_is_retried
         runtime.close()
 
 
+@contextmanager
+def signal_handlers_restored() -> Iterator[None]:
+    """This process's SIGTERM and SIGINT handlers as they were, after a worker installed its own."""
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+
+
+def three_pages_one_refused(
+    runtime: WorkerRuntime, connection: redis.Redis
+) -> tuple[list[EnqueuedJob], CrawldexWorker]:
+    """Three queued pages, the second one the embedder refuses, and a worker to batch them."""
+    queue = runtime.index.queue
+    jobs = [queue.enqueue_index(page(1)), queue.enqueue_index(page(2, REFUSED)), queue.enqueue_index(page(3))]
+    rq_queue = Queue(QUEUE_INDEXING, connection=connection, serializer=JSONSerializer)
+    worker = CrawldexWorker(
+        [rq_queue], connection=connection, name=worker_name("stop-test"), index_batch_pages=8
+    )
+    return jobs, worker
+
+
 class StopAskedOnFirstPageAlone(RefusingEmbedder):
     """`RefusingEmbedder` that sends this process SIGTERM (Kubernetes stopping the pod) while it embeds the
     first page indexed on its own, after its batch failed."""
@@ -288,20 +313,11 @@ def test_a_warm_stop_puts_back_the_jobs_that_would_index_on_their_own(
     runtime = start_runtime(
         settings.model_copy(update={"index_job_retries": 2}), StopAskedOnFirstPageAlone(embedder)
     )
-    handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
     try:
-        queue = runtime.index.queue
-        first, refused, last = (
-            queue.enqueue_index(page(1)),
-            queue.enqueue_index(page(2, REFUSED)),
-            queue.enqueue_index(page(3)),
-        )
-        rq_queue = Queue(QUEUE_INDEXING, connection=clean_redis, serializer=JSONSerializer)
-        worker = CrawldexWorker(
-            [rq_queue], connection=clean_redis, name=worker_name("stop-test"), index_batch_pages=8
-        )
-        worker.work(burst=True, with_scheduler=False)
-
+        with signal_handlers_restored():
+            (first, refused, last), worker = three_pages_one_refused(runtime, clean_redis)
+            worker.work(burst=True, with_scheduler=False)
+        rq_queue = worker.queues[0]
         assert result_of(clean_redis, first.job_id)["batch_pages"] == 1  # performed: it was under way
         assert rq_queue.get_job_ids() == [refused.job_id, last.job_id]  # back at the front, in order
         assert rq_queue.started_job_registry.count == 0
@@ -309,14 +325,12 @@ def test_a_warm_stop_puts_back_the_jobs_that_would_index_on_their_own(
             job = Job.fetch(put_back.job_id, connection=clean_redis, serializer=JSONSerializer)
             assert job.get_status() == "queued"
             assert job.retries_left == 2  # no try spent
-    finally:
-        for number, handler in handlers.items():
-            signal.signal(number, handler)
 
-    work(clean_redis, batch_pages=8)  # another worker takes them as any queued job
-    assert result_of(clean_redis, last.job_id)["chunk_count"] >= 1
-    install_runtime(None)
-    runtime.close()
+        work(clean_redis, batch_pages=8)  # another worker takes them as any queued job
+        assert result_of(clean_redis, last.job_id)["chunk_count"] >= 1
+    finally:
+        install_runtime(None)
+        runtime.close()
 
 
 class ColdStopOnFirstPageAlone(RefusingEmbedder):
@@ -339,19 +353,9 @@ def test_a_cold_stop_stops_the_batch_at_once(
     runtime = start_runtime(
         settings.model_copy(update={"index_job_retries": 2}), ColdStopOnFirstPageAlone(embedder)
     )
-    handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
     try:
-        queue = runtime.index.queue
-        jobs = [
-            queue.enqueue_index(page(1)),
-            queue.enqueue_index(page(2, REFUSED)),
-            queue.enqueue_index(page(3)),
-        ]
-        rq_queue = Queue(QUEUE_INDEXING, connection=clean_redis, serializer=JSONSerializer)
-        worker = CrawldexWorker(
-            [rq_queue], connection=clean_redis, name=worker_name("cold-test"), index_batch_pages=8
-        )
-        with pytest.raises(SystemExit):
+        jobs, worker = three_pages_one_refused(runtime, clean_redis)
+        with signal_handlers_restored(), pytest.raises(SystemExit):
             worker.work(burst=True, with_scheduler=False)
         statuses = [
             Job.fetch(job.job_id, connection=clean_redis, serializer=JSONSerializer).get_status()
@@ -360,8 +364,6 @@ def test_a_cold_stop_stops_the_batch_at_once(
         assert statuses[1:] == ["started", "started"]  # never performed
         assert statuses[0] != "finished"  # the job the stop interrupted
     finally:
-        for number, handler in handlers.items():
-            signal.signal(number, handler)
         install_runtime(None)
         runtime.close()
 
