@@ -93,6 +93,30 @@ async def test_a_batch_waits_at_a_busy_lock_holding_those_before_it(
         await connection.aclose()
 
 
+async def test_locks_taken_are_renewed_while_the_batch_waits_for_the_rest(
+    redis_url: str, clean_redis: object
+) -> None:
+    """A wait longer than the lease for a busy lock: the locks taken before it do not lapse meanwhile, and
+    the batch may write once it holds them all."""
+    connection = aioredis.Redis.from_url(redis_url)
+    batch = RedisDocumentLock(connection, lease_seconds=LEASE, wait_seconds=10)
+    other = RedisDocumentLock(connection, lease_seconds=LEASE, wait_seconds=0.1)
+    try:
+        async with other.hold("b"):
+            waiting = asyncio.create_task(_enter_and_check(batch, ["a", "b"]))
+            await asyncio.sleep(LEASE * 3)  # three leases: "a" would have lapsed twice over
+            assert not waiting.done()
+            assert await connection.pttl("crawldex:lock:doc:a") > 0
+        await asyncio.wait_for(waiting, timeout=10)
+    finally:
+        await connection.aclose()
+
+
+async def _enter_and_check(lock: RedisDocumentLock, keys: list[str]) -> None:
+    async with lock.hold_many(keys) as lease:
+        lease.check()
+
+
 async def _enter_and_leave(lock: RedisDocumentLock, keys: list[str]) -> None:
     async with lock.hold_many(keys):
         pass

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -119,16 +120,19 @@ class RedisDocumentLock:
         token = uuid.uuid4().hex
         ordered = [KEY_PREFIX + key for key in sorted(set(keys))]
         held: list[str] = []
+        lease = RedisLease(math.inf, time.monotonic()) if not ordered else None  # no lock: none to lapse
+        renewing: asyncio.Task[None] | None = None
         try:
             deadline = time.monotonic() + self._wait
-            first_taken: float | None = None
             while len(held) < len(ordered):
                 wanted = ordered[len(held) :]
                 sent = time.monotonic()
                 taken = int(await self._call(self._acquire, wanted, token))
-                if taken and first_taken is None:
-                    first_taken = sent  # the earliest lock taken expires first
                 held.extend(wanted[:taken])
+                if taken and lease is None:
+                    # Renewed from the first lock taken: waiting for the others must not let it lapse.
+                    lease = RedisLease(self._lease, sent)
+                    renewing = asyncio.create_task(self._renew(held, token, lease))
                 if taken < len(wanted):
                     if time.monotonic() >= deadline:
                         busy = wanted[taken].removeprefix(KEY_PREFIX)
@@ -136,15 +140,13 @@ class RedisDocumentLock:
                             "redis", f"document {busy} stayed locked for {self._wait}s"
                         )
                     await asyncio.sleep(min(RETRY_SECONDS, max(0.0, deadline - time.monotonic())))
-            lease = RedisLease(self._lease, first_taken if first_taken is not None else time.monotonic())
-            renewing = asyncio.create_task(self._renew(held, token, lease))
-            try:
-                yield lease
-            finally:
+            assert lease is not None
+            yield lease
+        finally:
+            if renewing is not None:
                 renewing.cancel()
                 with suppress(asyncio.CancelledError):
                     await renewing
-        finally:
             # Every key, not only those known held: an acquire cut short (cancelled) may have taken some.
             # The token is this hold's own, so a lock another writer holds is never touched.
             if ordered:
@@ -164,19 +166,23 @@ class RedisDocumentLock:
             raise DependencyUnavailableError("redis", f"document lock: {exc}") from exc
 
     async def _renew(self, held: list[str], token: str, lease: RedisLease) -> None:
-        while held:
+        """Renew the locks in ``held`` every third of a lease, but those found taken over; the holder may
+        still be adding to it (taking the rest of its locks)."""
+        while True:
             await asyncio.sleep(self._lease / RENEWALS_PER_LEASE)
+            renewed = [key for key in held if key.removeprefix(KEY_PREFIX) not in lease.lost]
+            if not renewed:
+                continue
             sent = time.monotonic()
             try:
-                still_held = await self._call(self._renew_script, held, token)
+                still_held = await self._call(self._renew_script, renewed, token)
             except DependencyUnavailableError as exc:
-                log.warning("could not renew the locks of %d documents: %s", len(held), exc)
+                log.warning("could not renew the locks of %d documents: %s", len(renewed), exc)
                 continue  # the next renewal may get through before the lease ends
-            for key, kept in zip(list(held), still_held, strict=True):
+            for key, kept in zip(renewed, still_held, strict=True):
                 if not kept:
                     document = key.removeprefix(KEY_PREFIX)
                     log.warning("lost the lock of document %s; its writes left undone are refused", document)
                     lease.lost.append(document)
-                    held.remove(key)
             if not lease.lost:
                 lease.confirmed(sent)
