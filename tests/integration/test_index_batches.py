@@ -159,6 +159,47 @@ def test_a_batch_holds_no_more_markdown_than_its_limit(
     assert queue.intermediate_queue.get_job_ids() == []
 
 
+def _flip(text: str) -> PageDocument:
+    """A version of a page sent without a delivery id (`/api/index`): its content names its job."""
+    return PageDocument(url="https://flip.example/page", markdown=f"Version {text}.")
+
+
+def test_a_page_that_changes_back_while_its_first_job_waits_ends_on_its_last_version(
+    runtime: WorkerRuntime, clean_redis: redis.Redis
+) -> None:
+    """A, then B, then A again, all still queued: the third joins the first job, which takes its receipt
+    time, so B, received before it, is superseded."""
+    queue = runtime.index.queue
+    first = queue.enqueue_index(_flip("alpha mentions albatrosses"))
+    queue.enqueue_index(_flip("beta mentions bitterns"))
+    again = queue.enqueue_index(_flip("alpha mentions albatrosses"))
+    assert (again.job_id, again.deduplicated) == (first.job_id, True)
+
+    work(clean_redis, batch_pages=8)
+    assert indexed_hash(runtime, _flip("x")) == result_of(clean_redis, first.job_id)["content_hash"]
+
+
+def test_a_page_that_changes_back_while_its_first_job_runs_gets_a_job_of_its_own(
+    runtime: WorkerRuntime, clean_redis: redis.Redis
+) -> None:
+    """The first job of A already taken by a worker (it has read its page): A again is not joined to it but
+    queued behind B, and the index ends on A."""
+    queue = runtime.index.queue
+    first = queue.enqueue_index(_flip("alpha mentions albatrosses"))
+    # As a worker's dequeue leaves it: off the queue, started.
+    clean_redis.lrem(f"rq:queue:{QUEUE_INDEXING}", 0, first.job_id)
+    clean_redis.hset(Job.key_for(first.job_id), "status", "started")
+    second = queue.enqueue_index(_flip("beta mentions bitterns"))
+    again = queue.enqueue_index(_flip("alpha mentions albatrosses"))
+    assert not again.deduplicated
+    assert again.job_id.startswith(first.job_id + "-")
+    assert Queue(QUEUE_INDEXING, connection=clean_redis).get_job_ids() == [second.job_id, again.job_id]
+
+    work(clean_redis, batch_pages=8)
+    assert result_of(clean_redis, second.job_id)["status"] == "indexed"
+    assert indexed_hash(runtime, _flip("x")) == result_of(clean_redis, again.job_id)["content_hash"]
+
+
 def test_a_batch_of_one_job_at_a_time_is_the_old_worker(
     runtime: WorkerRuntime, clean_redis: redis.Redis
 ) -> None:

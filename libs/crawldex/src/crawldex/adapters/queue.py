@@ -10,10 +10,11 @@ import asyncio
 import hashlib
 import json
 import random
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -152,6 +153,14 @@ end
 return answers
 """
 )
+# Replaces the data of job KEYS[1] with ARGV[1] if the job is still queued; returns 1 if it did.
+_REFRESH_QUEUED = """
+if redis.call("HGET", KEYS[1], "status") == "queued" then
+    redis.call("HSET", KEYS[1], "data", ARGV[1])
+    return 1
+end
+return 0
+"""
 # Deliveries in one script run at most: Redis runs a script to its end before anything else.
 _DELIVERIES_A_RUN = 32
 
@@ -192,14 +201,19 @@ class JobView:
     meta: dict[str, Any]
 
 
+def _status_text(status: JobStatus | bytes | str | None) -> str | None:
+    """A job's status as a plain string, as its hash stores it (JobStatus is a str enum)."""
+    return status.decode() if isinstance(status, bytes) else status
+
+
 def index_job_id(page: PageDocument, delivery_id: str | None) -> str:
     """The job of one delivery of one page.
 
     A delivery the sender identifies (Firecrawl's ``webhookId``, new for every delivery) maps to one
     job id, so a replay of it adds no job, even after the job finished. Without an id the content names
-    the job, and it only joins a job still pending (`JobQueue.enqueue_index`): once that job has run, the
-    same content is queued again, or a page that changes A → B → A would find its third version's job
-    done (the first) and keep B.
+    the job, and it only joins a job still queued, taking this receipt's time (`JobQueue._content_seen_again`):
+    once that job has been taken by a worker, or has run, the same content is queued again, or a page that
+    changes A → B → A would find its third version joined to the first and keep B.
     """
     parts = (
         canonicalize_url(page.url),
@@ -291,6 +305,7 @@ class JobQueue:
         }
         self._shared_fields: dict[tuple[str, str, int, int], str] = {}
         self._enqueue_script = connection.register_script(_ENQUEUE_UNIQUE)
+        self._refresh_queued = connection.register_script(_REFRESH_QUEUED)
         # The API's deliveries of pages: those that arrive while one script run is out go in the next.
         self._index_deliveries: GroupCommit[_DeliveryPart, list[Any]] | None = None
         self._held_script: HeldScript | None = None
@@ -325,7 +340,8 @@ class JobQueue:
         With ``change_event_id`` the index worker closes that change event when it is done.
         """
         spec = self._index_spec(page, delivery_id, change_event_id)
-        return EnqueuedJob(job_id=spec.job_id, url=page.url, deduplicated=self._enqueue(spec, meta))
+        job_id, deduplicated = self._enqueue(spec, meta)
+        return EnqueuedJob(job_id=job_id, url=page.url, deduplicated=deduplicated)
 
     async def enqueue_pages(
         self,
@@ -361,21 +377,45 @@ class JobQueue:
             for spec, page, was_queued in zip(specs, pages, answer[3:], strict=True):
                 if was_queued:
                     series(JOBS_ENQUEUED, spec.queue).inc()
-                    deduplicated = False
+                    job_id, deduplicated = spec.job_id, False
                 else:
-                    deduplicated = await self._join_or_replace(spec, meta)
-                enqueued.append(EnqueuedJob(job_id=spec.job_id, url=page.url, deduplicated=deduplicated))
+                    job_id, deduplicated = await self._join_or_replace(spec, meta)
+                enqueued.append(EnqueuedJob(job_id=job_id, url=page.url, deduplicated=deduplicated))
             return enqueued
 
-    async def _join_or_replace(self, spec: _JobSpec, meta: dict[str, Any] | None) -> bool:
-        """A job of this one's id exists: joined (True) if it stands for this one, else replaced, in a thread."""
+    async def _join_or_replace(self, spec: _JobSpec, meta: dict[str, Any] | None) -> tuple[str, bool]:
+        """A job of this one's id exists: joined (deduplicated: True) if it stands for this one, else
+        replaced, in a thread; the job id and whether it was deduplicated."""
         if self._async_connection is not None:
-            status = await self._async_connection.hget(Job.key_for(spec.job_id), "status")
+            stored = await self._async_connection.hget(Job.key_for(spec.job_id), "status")
         else:
-            status = await asyncio.to_thread(self.connection.hget, Job.key_for(spec.job_id), "status")
+            stored = await asyncio.to_thread(self.connection.hget, Job.key_for(spec.job_id), "status")
+        status = _status_text(stored)
+        if not spec.join_done and status in _PENDING:
+            return await asyncio.to_thread(self._content_seen_again, spec, meta, status)
         if self._joins(spec, status):
-            return True
+            return spec.job_id, True
         return await asyncio.to_thread(self._enqueue_unique, spec, meta)
+
+    def _content_seen_again(
+        self, spec: _JobSpec, meta: dict[str, Any] | None, status: str
+    ) -> tuple[str, bool]:
+        """A page named by its content (no delivery id) whose job is pending.
+
+        A queued job of it is joined, and takes this delivery's page (the same content, received now): a
+        newer version of the page queued behind it then finds the index newer than itself and is superseded,
+        as it would behind a job of its own. A job running or waiting for a retry has read its page already:
+        joined, it would write it as received then, and a version queued since would win over this one (a
+        page that changes A, B, A would end on B). So this delivery gets a job of its own, named by the
+        content and the time.
+        """
+        if status == JobStatus.QUEUED:
+            data = _job_data(_serialized((spec.function, None, spec.args, {})))
+            if self._refresh_queued(keys=[Job.key_for(spec.job_id)], args=[data]):
+                JOBS_DEDUPLICATED.labels(spec.queue).inc()
+                return spec.job_id, True
+        # Taken by a worker since it was queued, or not queued at all.
+        return self._enqueue_unique(replace(spec, job_id=f"{spec.job_id}-{time.time_ns():x}"), meta)
 
     def _index_spec(
         self, page: PageDocument, delivery_id: str | None, change_event_id: int | None
@@ -418,7 +458,7 @@ class JobQueue:
             list(settings.index_job_retry_intervals),
             f"remove {url}",
         )
-        return EnqueuedJob(job_id=job_id, url=url, deduplicated=self._enqueue(spec, None))
+        return EnqueuedJob(job_id=job_id, url=url, deduplicated=self._enqueue(spec, None)[1])
 
     def enqueue_rescrape(self, change_event_id: int, url: str) -> EnqueuedJob:
         settings = self._settings
@@ -433,7 +473,7 @@ class JobQueue:
             list(settings.rescrape_job_retry_intervals),
             f"rescrape {url}",
         )
-        return EnqueuedJob(job_id=job_id, url=url, deduplicated=self._enqueue(spec, None))
+        return EnqueuedJob(job_id=job_id, url=url, deduplicated=self._enqueue(spec, None)[1])
 
     def rerun_rescrape(self, change_event_id: int, url: str) -> EnqueuedJob:
         """Queue a change event's rescrape again although its job ran (or vanished): its work was lost."""
@@ -472,10 +512,11 @@ class JobQueue:
             delay_seconds,
         )
         meta = {"crawl_id": crawl_id, "kind": kind}
-        return EnqueuedJob(job_id=job_id, url=crawl_id, deduplicated=self._enqueue(spec, meta))
+        return EnqueuedJob(job_id=job_id, url=crawl_id, deduplicated=self._enqueue(spec, meta)[1])
 
-    def _enqueue(self, spec: _JobSpec, meta: dict[str, Any] | None) -> bool:
-        """Put the job on its queue unless the same job id is pending or done; True if it was."""
+    def _enqueue(self, spec: _JobSpec, meta: dict[str, Any] | None) -> tuple[str, bool]:
+        """Put the job on its queue unless the same job id is pending or done: its id, and whether it was
+        (deduplicated)."""
         with self._enqueue_span(spec.queue, [spec.job_id]):
             return self._enqueue_unique(spec, meta)
 
@@ -503,7 +544,7 @@ class JobQueue:
             except redis.RedisError as exc:
                 raise DependencyUnavailableError("redis", f"{type(exc).__name__}: {exc}") from exc
 
-    def _enqueue_unique(self, spec: _JobSpec, meta: dict[str, Any] | None) -> bool:
+    def _enqueue_unique(self, spec: _JobSpec, meta: dict[str, Any] | None) -> tuple[str, bool]:
         for _ in range(2):
             if spec.delay_seconds > 0:
                 queued = self._schedule_unique(spec, self._queued_job(spec, meta))
@@ -512,20 +553,21 @@ class JobQueue:
                 queued = bool(answer[3])
             if queued:
                 JOBS_ENQUEUED.labels(spec.queue).inc()
-                return False
+                return spec.job_id, False
             existing = self._fetch(spec.job_id)
-            if existing is not None and self._joins(spec, existing.get_status(refresh=False)):
-                return True
-            # The same delivery once failed for good (or was stopped), or content without a delivery
-            # id whose job has ended: sending it again runs it again.
             if existing is not None:
+                status = _status_text(existing.get_status(refresh=False))
+                if not spec.join_done and status in _PENDING:
+                    return self._content_seen_again(spec, meta, status)
+                if self._joins(spec, status):
+                    return spec.job_id, True
+                # The same delivery once failed for good (or was stopped), or content without a delivery
+                # id whose job has ended: sending it again runs it again.
                 existing.delete(remove_from_queue=True)
-        return True
+        return spec.job_id, True
 
-    def _joins(self, spec: _JobSpec, status: JobStatus | bytes | str | None) -> bool:
+    def _joins(self, spec: _JobSpec, status: str | None) -> bool:
         """Whether a job of the same id in ``status`` stands for this one (counted as deduplicated)."""
-        if isinstance(status, bytes):
-            status = status.decode()
         # JobStatus is a str enum: the status as stored (a plain string) is found in these sets as it is.
         if status is None or status not in (_PENDING_OR_DONE if spec.join_done else _PENDING):
             return False
