@@ -33,11 +33,12 @@ def load_json(body: bytes | str) -> Any:
         if isinstance(body, str):
             if body.startswith("\ufeff"):  # as `json.loads` refuses it
                 raise ValueError("Unexpected UTF-8 BOM (decode using utf-8-sig)")
-            text = body
+            text, raw_surrogates = body, _LONE_SURROGATE.search(body) is not None
         else:
-            text = body.decode(json.detect_encoding(body))
+            # Decoded strictly: the text holds no surrogate but those its escapes spell.
+            text, raw_surrogates = body.decode(json.detect_encoding(body)), False
         value = _DECODER.decode(text)
-        if _SURROGATE_ESCAPE.search(text) is not None or _LONE_SURROGATE.search(text) is not None:
+        if raw_surrogates or _SURROGATE_ESCAPE.search(text) is not None:
             value = _without_lone_surrogates(value)
         return value
     except RecursionError as exc:
