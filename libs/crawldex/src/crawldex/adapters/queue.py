@@ -568,8 +568,9 @@ class JobQueue:
 
     def _joins(self, spec: _JobSpec, status: str | None) -> bool:
         """Whether a job of the same id in ``status`` stands for this one (counted as deduplicated)."""
-        # JobStatus is a str enum: the status as stored (a plain string) is found in these sets as it is.
-        if status is None or status not in (_PENDING_OR_DONE if spec.join_done else _PENDING):
+        # A job named by its content (not join_done) is joined by `_content_seen_again` while pending and
+        # replaced once ended. JobStatus is a str enum: a stored status is found in the set as it is.
+        if not spec.join_done or status not in _PENDING_OR_DONE:
             return False
         JOBS_DEDUPLICATED.labels(spec.queue).inc()
         return True
