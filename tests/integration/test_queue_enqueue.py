@@ -192,6 +192,26 @@ async def test_content_without_a_delivery_id_joins_only_a_pending_job(
     assert clean_redis.llen(f"rq:queue:{QUEUE_INDEXING}") == 1
 
 
+async def test_content_whose_queued_job_a_worker_has_just_taken_gets_a_job_of_its_own(
+    queue: JobQueue, clean_redis: redis.Redis
+) -> None:
+    """A worker takes a job's id off its queue, then reads the job, then marks it started: in between the
+    job still says queued, but joining it could rewrite data the worker has already read."""
+    (first,) = await queue.enqueue_pages([PAGE], delivery_id=None, meta=None)
+    queue_key = f"rq:queue:{QUEUE_INDEXING}"
+    taken = clean_redis.lmove(queue_key, f"{queue_key}:intermediate", "LEFT", "RIGHT")  # as RQ's dequeue
+    data_when_taken = clean_redis.hget(Job.key_for(first.job_id), "data")
+
+    (again,) = await queue.enqueue_pages([PAGE], delivery_id=None, meta=None)
+
+    assert taken == first.job_id.encode()
+    assert clean_redis.hget(Job.key_for(first.job_id), "status") == b"queued"
+    assert not again.deduplicated
+    assert again.job_id != first.job_id
+    assert clean_redis.hget(Job.key_for(first.job_id), "data") == data_when_taken
+    assert clean_redis.lrange(queue_key, 0, -1) == [again.job_id.encode()]
+
+
 async def test_without_an_async_connection_the_same_jobs_are_queued_from_a_thread(
     clean_redis: redis.Redis, settings: Settings
 ) -> None:

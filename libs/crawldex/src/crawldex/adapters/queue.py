@@ -153,13 +153,21 @@ end
 return answers
 """
 )
-# Replaces the data of job KEYS[1] with ARGV[1] if the job is still queued; returns 1 if it did.
+# Replaces the data of job KEYS[1] (id ARGV[2]) with ARGV[1] if the job is still queued and still in its
+# queue's list KEYS[2]; returns 1 if it did. A worker takes a job's id off the list before it reads the job and
+# marks it started: a job marked queued but off the list may have been read already, and new data would be
+# lost. The list is searched from its tail, where a job queued a moment ago is. Before Redis 6.0.6 (no LPOS)
+# the status alone decides.
 _REFRESH_QUEUED = """
-if redis.call("HGET", KEYS[1], "status") == "queued" then
-    redis.call("HSET", KEYS[1], "data", ARGV[1])
-    return 1
+if redis.call("HGET", KEYS[1], "status") ~= "queued" then
+    return 0
 end
-return 0
+local at = redis.pcall("LPOS", KEYS[2], ARGV[2], "RANK", -1)
+if at == false then
+    return 0
+end
+redis.call("HSET", KEYS[1], "data", ARGV[1])
+return 1
 """
 # Deliveries in one script run at most: Redis runs a script to its end before anything else.
 _DELIVERIES_A_RUN = 32
@@ -411,7 +419,8 @@ class JobQueue:
         """
         if status == JobStatus.QUEUED:
             data = _job_data(_serialized((spec.function, None, spec.args, {})))
-            if self._refresh_queued(keys=[Job.key_for(spec.job_id)], args=[data]):
+            keys = [Job.key_for(spec.job_id), self._queues[spec.queue].key]
+            if self._refresh_queued(keys=keys, args=[data, spec.job_id]):
                 JOBS_DEDUPLICATED.labels(spec.queue).inc()
                 return spec.job_id, True
         # Taken by a worker since it was queued, or not queued at all.
