@@ -660,11 +660,13 @@ class StatusReadingEmbedder(RefusingEmbedder):
         self._connection = connection
         self.job_ids: list[str] = []
         self.seen: list[list[str]] = []
+        self.key_ttls: list[list[int]] = []
 
     async def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
         self.seen.append(
             [text(self._connection.hget(Job.key_for(job_id), "status")) for job_id in self.job_ids]
         )
+        self.key_ttls.append([self._connection.ttl(Job.key_for(job_id)) for job_id in self.job_ids])
         return await super().embed_documents(texts)
 
 
@@ -684,6 +686,26 @@ def test_the_jobs_of_a_batch_are_started_from_when_they_are_taken(
     assert [result_of(clean_redis, job_id)["batch_pages"] for job_id in reading.job_ids] == [3, 3, 3]
 
 
+def test_the_keys_of_a_batchs_jobs_are_made_persistent_when_the_batch_starts(
+    settings: Settings, embedder: LocalModelEmbedder, clean_redis: redis.Redis
+) -> None:
+    """RQ's `Job.perform` removes a job key's expiry before it runs the job; a batch does it for every job
+    it takes, when it starts them."""
+    reading = StatusReadingEmbedder(embedder, clean_redis)
+    runtime = start_runtime(settings, reading)
+    try:
+        reading.job_ids = [runtime.index.queue.enqueue_index(page(number)).job_id for number in range(3)]
+        for job_id in reading.job_ids:
+            clean_redis.expire(Job.key_for(job_id), 3600)  # as a job enqueued with a ttl has
+        work(clean_redis, batch_pages=8)
+    finally:
+        install_runtime(None)
+        runtime.close()
+
+    assert reading.key_ttls == [[-1, -1, -1]]  # no expiry left while the batch runs
+    assert [result_of(clean_redis, job_id)["batch_pages"] for job_id in reading.job_ids] == [3, 3, 3]
+
+
 class CurrentJobReadingWorker(CrawldexWorker):
     """The real worker; as each job's success is handled, it reads the worker's current job from Redis."""
 
@@ -694,7 +716,7 @@ class CurrentJobReadingWorker(CrawldexWorker):
         super().handle_job_success(job, queue, started_job_registry)
 
 
-def test_each_job_of_a_batch_is_the_workers_current_job_while_it_runs(
+def test_a_batchs_first_job_is_the_workers_current_job_until_the_batch_ends(
     runtime: WorkerRuntime, clean_redis: redis.Redis
 ) -> None:
     ids = [runtime.index.queue.enqueue_index(page(number)).job_id for number in range(3)]
@@ -706,7 +728,8 @@ def test_each_job_of_a_batch_is_the_workers_current_job_while_it_runs(
 
     worker.work(burst=True, with_scheduler=False)
 
-    assert worker.current_jobs == ids  # what `rq info` shows, and what RQ's stop-job command stops
+    assert worker.current_jobs == [ids[0]] * 3  # what `rq info` shows
+    assert clean_redis.hget(worker.key, "current_job") is None  # none once the batch has ended
 
 
 class FailingBatchRecordWorker(CrawldexWorker):
