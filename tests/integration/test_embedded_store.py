@@ -94,6 +94,36 @@ async def test_a_batchs_stale_tails_go_in_one_write(tmp_path: Path, by_filter: b
         store.close()
 
 
+@pytest.mark.parametrize(
+    "by_filter", [False, True], ids=["ids-from-local-index", "filter-as-sent-to-a-server"]
+)
+async def test_a_page_reindexed_into_fewer_chunks_is_one_write(tmp_path: Path, by_filter: bool) -> None:
+    store = await _open(tmp_path / "qdrant")
+    doc, other = uuid.uuid4(), uuid.uuid4()
+    persistence = _persistence(store._client, "pages")
+    assert persistence is not None
+    statements: list[str] = []
+    try:
+        await store.upsert(_points(doc, ["old one", "old two", "old three", "old four"]))
+        await store.upsert(_points(other, ["another page"]))
+        if by_filter:
+            store._local, store._local_wanted = None, False
+        persistence.storage.set_trace_callback(statements.append)
+
+        await store.write_chunks(_points(doc, ["new one about queues", "new two"]), [(doc, 2), (other, 1)])
+
+        assert [s for s in statements if s.strip().upper() == "COMMIT"] == ["COMMIT"]
+        assert (await store.count(doc), await store.count(other)) == (2, 1)
+        _, hits = await store.search(
+            dense=None, keyword=BM25.encode_query("queues"), point_filter=PointFilter(), limit=5
+        )
+        assert [(hit.payload["chunk_index"], hit.payload["text"]) for hit in hits] == [
+            (0, "new one about queues")
+        ]
+    finally:
+        store.close()
+
+
 def _stored_rows(storage: Path) -> int:
     """Points committed to the file, as another connection (another process) sees them."""
     with closing(sqlite3.connect(storage)) as connection:

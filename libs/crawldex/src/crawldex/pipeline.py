@@ -237,14 +237,11 @@ class IndexingPipeline:
                     for chunk in chunks
                 )
                 records.append(self._record(item, len(chunks), now))
-            # Upsert first, then drop the tails: a reader never sees a document vanish.
+            # The chunks, then the stale tails in the same write: a reader never sees a document vanish.
             async with timer.stage("upsert"):
                 lease.check()
-                await self._store.upsert(points)
-            async with timer.stage("delete"):
-                lease.check()
-                await self._store.delete_stale_chunks(
-                    [(record.doc_id, record.chunk_count) for record in records]
+                await self._store.write_chunks(
+                    points, [(record.doc_id, record.chunk_count) for record in records]
                 )
             async with timer.stage("record"):
                 lease.check()

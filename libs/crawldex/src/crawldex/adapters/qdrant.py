@@ -365,8 +365,23 @@ class VectorStore:
         self._client = QdrantClient(path=str(self._local_path))
 
     async def upsert(self, points: Sequence[IndexedPoint]) -> None:
-        if not points:
-            return
+        await self.write_chunks(points, [])
+
+    async def delete_chunks_from(self, doc_id: uuid.UUID, first_stale_chunk: int) -> None:
+        """Delete the document's points whose chunk index is ``first_stale_chunk`` or higher."""
+        await self.write_chunks([], [(doc_id, first_stale_chunk)])
+
+    async def delete_stale_chunks(self, tails: Sequence[tuple[uuid.UUID, int]]) -> None:
+        """`delete_chunks_from` for several documents (a batch's stale tails) in one write."""
+        await self.write_chunks([], tails)
+
+    async def write_chunks(
+        self, points: Sequence[IndexedPoint], stale_tails: Sequence[tuple[uuid.UUID, int]]
+    ) -> None:
+        """Upsert ``points``, then delete each ``(doc_id, first_stale_chunk)`` document's points from that
+        chunk index on (a page re-indexed into fewer chunks), as one write: one request to a Qdrant server
+        (a batch update, whose operations apply in order, so a reader never sees a page without its
+        chunks), one commit of the embedded store."""
         structs = [
             models.PointStruct(
                 id=str(p.id),
@@ -378,42 +393,43 @@ class VectorStore:
             )
             for p in points
         ]
-        await self._write(
-            lambda: self._client.upsert(self.collection, points=structs, wait=True),
-            lambda index: index.upsert(
-                LocalPoint(str(p.id), p.keyword.indices, p.keyword.values, p.payload, dense=p.dense)
-                for p in points
-            ),
-        )
-
-    async def delete_chunks_from(self, doc_id: uuid.UUID, first_stale_chunk: int) -> None:
-        """Delete the document's points whose chunk index is ``first_stale_chunk`` or higher."""
-        await self.delete_stale_chunks([(doc_id, first_stale_chunk)])
-
-    async def delete_stale_chunks(self, tails: Sequence[tuple[uuid.UUID, int]]) -> None:
-        """`delete_chunks_from` for several documents (a batch's stale tails) in one write: one request to
-        a Qdrant server, however many documents."""
-        if not tails:
+        stale = [_doc_conditions(doc_id, from_chunk=first) for doc_id, first in stale_tails]
+        if not structs and not stale:
             return
-        each = [_doc_conditions(doc_id, from_chunk=first) for doc_id, first in tails]
 
-        def delete() -> None:
-            found = [self._matching_ids(conditions) for conditions in each]
-            if any(ids is None for ids in found):
-                stale = models.Filter(should=[_qdrant_filter(conditions) for conditions in each])
-                selector: models.FilterSelector | models.PointIdsList = models.FilterSelector(filter=stale)
-            else:
-                ids = [point for points in found if points for point in points]
-                if not ids:
-                    return
-                selector = models.PointIdsList(points=ids)
-            self._client.delete(self.collection, points_selector=selector, wait=True)
+        def write() -> None:
+            operations: list[models.UpdateOperation] = []
+            if structs:
+                operations.append(models.UpsertOperation(upsert=models.PointsList(points=structs)))
+            selector = self._stale_selector(stale)
+            if selector is not None:
+                operations.append(models.DeleteOperation(delete=selector))
+            if operations:
+                self._client.batch_update_points(self.collection, update_operations=operations, wait=True)
 
         def mirror(index: LocalIndex) -> None:
-            for conditions in each:
+            index.upsert(
+                LocalPoint(str(p.id), p.keyword.indices, p.keyword.values, p.payload, dense=p.dense)
+                for p in points
+            )
+            for conditions in stale:
                 index.delete(conditions)
 
-        await self._write(delete, mirror)
+        await self._write(write, mirror)
+
+    def _stale_selector(
+        self, stale: Sequence[Sequence[Condition]]
+    ) -> models.FilterSelector | models.PointIdsList | None:
+        """The points of the stale tails (the caller holds the lock): by id where the local index knows
+        them, else by filter; None when there are none. The ids are the same before the upsert that goes
+        with them as after it: the upsert writes a page's chunks below its first stale index."""
+        if not stale:
+            return None
+        found = [self._matching_ids(conditions) for conditions in stale]
+        if any(ids is None for ids in found):
+            return models.FilterSelector(filter=models.Filter(should=[_qdrant_filter(c) for c in stale]))
+        ids = [point for points in found if points for point in points]
+        return models.PointIdsList(points=ids) if ids else None
 
     async def set_document_payload(self, doc_id: uuid.UUID, payload: dict[str, Any]) -> None:
         conditions = _doc_conditions(doc_id)
