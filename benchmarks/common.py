@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -313,19 +314,51 @@ class Resident:
 
     anonymous: float
     files: float
+    # The mapped file with the most resident pages, and those pages in MB: libtorch_cpu.so in a process
+    # that loads the model, whose resident part depends on how the file came into the page cache.
+    largest_file: str = ""
+    largest_file_mb: float = 0.0
 
     @property
     def total(self) -> float:
         return self.anonymous + self.files
 
     def __str__(self) -> str:
-        return f"anonymous {self.anonymous:.0f} + files {self.files:.0f}"
+        parts = f"anonymous {self.anonymous:.0f} + files {self.files:.0f}"
+        if self.largest_file:
+            parts += f" (of them {self.largest_file} {self.largest_file_mb:.0f})"
+        return parts
 
 
 def resident_mb(pid: int) -> Resident:
-    """`Resident` of a process now (RssAnon; RssFile and RssShmem from /proc/<pid>/status)."""
+    """`Resident` of a process now (RssAnon; RssFile and RssShmem from /proc/<pid>/status), with the
+    mapped file that has the most resident pages (/proc/<pid>/smaps)."""
     sizes = proc_status_mb(pid)
-    return Resident(sizes.get("RssAnon", math.nan), sizes.get("RssFile", 0.0) + sizes.get("RssShmem", 0.0))
+    name, largest = _largest_mapped_file(pid)
+    return Resident(
+        sizes.get("RssAnon", math.nan), sizes.get("RssFile", 0.0) + sizes.get("RssShmem", 0.0), name, largest
+    )
+
+
+def _largest_mapped_file(pid: int) -> tuple[str, float]:
+    """The file (its name) whose mappings in the process have the most resident pages, and those in MB."""
+    per_file: dict[str, float] = defaultdict(float)
+    current: str | None = None
+    try:
+        lines = Path(f"/proc/{pid}/smaps").read_text().splitlines()
+    except OSError:
+        return "", 0.0
+    for line in lines:
+        head = line.split(maxsplit=5)
+        if head and "-" in head[0] and ":" not in head[0]:  # a mapping's first line: range, perms, ...
+            path = head[5] if len(head) == 6 else ""
+            current = path if path.startswith("/") else None
+        elif current is not None and line.startswith("Rss:"):
+            per_file[current] += int(line.split()[1]) / 1024
+    if not per_file:
+        return "", 0.0
+    path, mb = max(per_file.items(), key=lambda item: item[1])
+    return Path(path).name, mb
 
 
 def cpu_seconds(pid: int) -> float:

@@ -143,7 +143,11 @@ def _worker_memory(quick: bool, report: Report) -> None:
         f"Qdrant, up to {Settings().index_batch_pages} queued jobs a batch) on {pages} SciFact abstracts queued "
         "beforehand; its VmHWM after the burst. Beside it, its resident memory at the largest of the samples "
         "taken every 0.5 s: anonymous (RssAnon) and file-backed (RssFile + RssShmem: the mapped libraries and "
-        "the model's weights)."
+        "the model's weights), and of the latter the file with the most resident pages (/proc/<pid>/smaps). "
+        "That file's part depends on how it came into the page cache, not on the worker: libtorch_cpu.so read "
+        "in by the process's own page faults has ~60 MB of it resident; after the file was read through "
+        "(copied, unpacked, scanned) the page cache holds it in large folios, a fault maps the whole folio, and "
+        "140-175 MB of it are resident: shared, clean pages (benchmarks/ANALYSIS.md)."
     )
     report.rows.append(
         Row(
