@@ -377,7 +377,8 @@ class CrawldexWorker(SimpleWorker):
     def _prepare_executions(self, batch: Sequence[tuple[Job, Queue]]) -> dict[str, Execution]:
         """RQ's `prepare_execution` and `prepare_job_execution` for a batch's jobs in one round trip (a
         transaction): each job's execution record, in its started registry and leased, the job started and
-        its key made persistent (`BatchStartedJob`); the worker busy, on the batch's first job; and each job off its queue's intermediate list at once.
+        its key made persistent (`BatchStartedJob`); the worker busy, on the batch's first job; and each job
+        off its queue's intermediate list at once.
 
         RQ takes a job off that list only later (`prepare_job_execution`), and only when the worker serves
         one queue (with several, its dequeue never puts it there); a job taken for a batch is put there
