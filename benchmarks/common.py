@@ -332,33 +332,34 @@ class Resident:
 
 def resident_mb(pid: int) -> Resident:
     """`Resident` of a process now (RssAnon; RssFile and RssShmem from /proc/<pid>/status), with the
-    mapped file that has the most resident pages (/proc/<pid>/smaps)."""
+    mapped file that has the most resident pages (/proc/<pid>/smaps, read first: reading it takes memory of
+    its own, which the status then counts)."""
+    files = mapped_files_mb(pid)
+    name, largest = max(files.items(), key=lambda item: item[1], default=("", 0.0))
     sizes = proc_status_mb(pid)
-    name, largest = _largest_mapped_file(pid)
     return Resident(
         sizes.get("RssAnon", math.nan), sizes.get("RssFile", 0.0) + sizes.get("RssShmem", 0.0), name, largest
     )
 
 
-def _largest_mapped_file(pid: int) -> tuple[str, float]:
-    """The file (its name) whose mappings in the process have the most resident pages, and those in MB."""
+def mapped_files_mb(pid: int) -> dict[str, float]:
+    """The resident pages of each file mapped in the process (its name: its mappings together), in MB."""
     per_file: dict[str, float] = defaultdict(float)
     current: str | None = None
     try:
-        lines = Path(f"/proc/{pid}/smaps").read_text().splitlines()
+        with Path(f"/proc/{pid}/smaps").open() as smaps:
+            for line in smaps:
+                head = line.split(maxsplit=5)
+                if (
+                    head and "-" in head[0] and ":" not in head[0]
+                ):  # a mapping's first line: range, perms, ...
+                    path = head[5].strip() if len(head) == 6 else ""
+                    current = Path(path).name if path.startswith("/") else None
+                elif current is not None and line.startswith("Rss:"):
+                    per_file[current] += int(line.split()[1]) / 1024
     except OSError:
-        return "", 0.0
-    for line in lines:
-        head = line.split(maxsplit=5)
-        if head and "-" in head[0] and ":" not in head[0]:  # a mapping's first line: range, perms, ...
-            path = head[5] if len(head) == 6 else ""
-            current = path if path.startswith("/") else None
-        elif current is not None and line.startswith("Rss:"):
-            per_file[current] += int(line.split()[1]) / 1024
-    if not per_file:
-        return "", 0.0
-    path, mb = max(per_file.items(), key=lambda item: item[1])
-    return Path(path).name, mb
+        return {}
+    return dict(per_file)
 
 
 def cpu_seconds(pid: int) -> float:
