@@ -350,9 +350,8 @@ def mapped_files_mb(pid: int) -> dict[str, float]:
         with Path(f"/proc/{pid}/smaps").open() as smaps:
             for line in smaps:
                 head = line.split(maxsplit=5)
-                if (
-                    head and "-" in head[0] and ":" not in head[0]
-                ):  # a mapping's first line: range, perms, ...
+                # A mapping's first line starts with its address range; its fields' lines with "Name:".
+                if head and "-" in head[0] and ":" not in head[0]:
                     path = head[5].strip() if len(head) == 6 else ""
                     current = Path(path).name if path.startswith("/") else None
                 elif current is not None and line.startswith("Rss:"):
