@@ -22,14 +22,12 @@ from crawldex.adapters.qdrant import VectorStore
 from crawldex.adapters.queue import JobQueue, connect_async_redis, connect_redis
 from crawldex.adapters.redis_lock import RedisDocumentLock
 from crawldex.adapters.tei import TEIEmbedder
-from crawldex.adapters.web_fetcher import BuiltinFetcher
 from crawldex.chunking import Chunker, load_tokenizer
 from crawldex.config import Settings
 from crawldex.crawls import ReceivedPagesRecorder
 from crawldex.db.change_events import ChangeEventRepository
 from crawldex.db.crawls import CrawlRepository
 from crawldex.db.database import Database
-from crawldex.db.migrate import upgrade
 from crawldex.db.repository import CrawlEventRepository, DocumentRepository
 from crawldex.errors import ConfigurationError, DependencyUnavailableError
 from crawldex.keyword import NO_STEMMER, BM25Encoder
@@ -150,7 +148,7 @@ class Services:
                 )
                 await store.ensure_collection(info.dimension, settings.keyword_stemmer)
             if migrate if migrate is not None else (settings.migrate_on_start and share_from is None):
-                await upgrade(settings.effective_database_url)
+                await _upgrade(settings.effective_database_url)
         except BaseException:
             # A start that fails (the database does not answer) must not keep the embedded store locked, or
             # the model loaded, in a process that goes on (and may start again).
@@ -321,10 +319,21 @@ class SearchServices:
         await self.embedder.aclose()
 
 
+async def _upgrade(database_url: str) -> None:
+    # Imported here, not with the module: Alembic and its templates are loaded only by a process that
+    # migrates, not by every worker of a deployment whose migration Job does it (docs/architecture.md).
+    from crawldex.db.migrate import upgrade
+
+    await upgrade(database_url)
+
+
 def make_fetcher(settings: Settings) -> PageFetcher:
     """Firecrawl's scrape API when configured, else the built-in fetcher (with its SSRF guard)."""
     if settings.firecrawl_url:
         return FirecrawlScraper.from_settings(settings)
+    # Imported here: its HTML parsers are loaded only where pages are fetched, not in index workers.
+    from crawldex.adapters.web_fetcher import BuiltinFetcher
+
     return BuiltinFetcher.from_settings(settings)
 
 
@@ -354,7 +363,7 @@ class RescrapeServices:
         operations: OperationWriter | DiscardOperations | None = None,
     ) -> RescrapeServices:
         if migrate if migrate is not None else settings.migrate_on_start:
-            await upgrade(settings.effective_database_url)
+            await _upgrade(settings.effective_database_url)
         database = Database.connect(settings.effective_database_url, pool_size=settings.database_pool_size)
         if operations is None:
             operations = (
