@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import zlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -15,7 +15,7 @@ from rq import Queue, Retry, SimpleWorker
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from crawldex.adapters.queue import INDEX_JOB, JobQueue, connect_async_redis
+from crawldex.adapters.queue import INDEX_JOB, REFRESH_SEARCH_DEPTH, JobQueue, connect_async_redis
 from crawldex.adapters.rate_limit import RateCharge, RateLimit, RateLimitedError, bucket_key
 from crawldex.config import QUEUE_INDEXING, Settings
 from crawldex.errors import DependencyUnavailableError
@@ -210,6 +210,54 @@ async def test_content_whose_queued_job_a_worker_has_just_taken_gets_a_job_of_it
     assert again.job_id != first.job_id
     assert clean_redis.hget(Job.key_for(first.job_id), "data") == data_when_taken
     assert clean_redis.lrange(queue_key, 0, -1) == [again.job_id.encode()]
+
+
+async def test_content_whose_queued_job_is_deep_in_a_backlog_gets_a_job_of_its_own(
+    queue: JobQueue, clean_redis: redis.Redis
+) -> None:
+    """The queued job is searched for among the queue's last REFRESH_SEARCH_DEPTH ids only: Redis runs
+    nothing else while the script searches."""
+    (first,) = await queue.enqueue_pages([PAGE], delivery_id=None, meta=None)
+    queue_key = f"rq:queue:{QUEUE_INDEXING}"
+    clean_redis.rpush(queue_key, *(f"index-other-{i}" for i in range(REFRESH_SEARCH_DEPTH)))
+    data_before = clean_redis.hget(Job.key_for(first.job_id), "data")
+
+    (again,) = await queue.enqueue_pages([PAGE], delivery_id=None, meta=None)
+
+    assert not again.deduplicated
+    assert again.job_id != first.job_id
+    assert clean_redis.hget(Job.key_for(first.job_id), "data") == data_before
+    assert clean_redis.lindex(queue_key, 0) == first.job_id.encode()
+    assert clean_redis.lindex(queue_key, -1) == again.job_id.encode()
+
+
+@pytest.fixture
+def lpos_denied_url(clean_redis: redis.Redis, redis_url: str) -> Iterator[str]:
+    """The test database's URL as a user who may run every command but LPOS."""
+    user = "crawldex-test-no-lpos"
+    clean_redis.acl_setuser(
+        user, enabled=True, nopass=True, keys=["*"], channels=["*"], commands=["+@all", "-lpos"], reset=True
+    )
+    yield redis_url.replace("redis://", f"redis://{user}:unused@", 1)
+    clean_redis.acl_deluser(user)
+
+
+async def test_a_denied_queue_search_is_an_error_not_a_silent_join(
+    lpos_denied_url: str, clean_redis: redis.Redis, settings: Settings
+) -> None:
+    """Only a Redis without LPOS (before 6.0.6) lets the job's status alone decide."""
+    connection = redis.Redis.from_url(lpos_denied_url)
+    async_connection = connect_async_redis(lpos_denied_url)
+    queue = JobQueue(connection, settings, async_connection=async_connection)
+    try:
+        (first,) = await queue.enqueue_pages([PAGE], delivery_id=None, meta=None)
+        data_before = clean_redis.hget(Job.key_for(first.job_id), "data")
+        with pytest.raises(DependencyUnavailableError, match="run this command"):
+            await queue.enqueue_pages([PAGE], delivery_id=None, meta=None)
+    finally:
+        await async_connection.aclose()
+        connection.close()
+    assert clean_redis.hget(Job.key_for(first.job_id), "data") == data_before
 
 
 async def test_without_an_async_connection_the_same_jobs_are_queued_from_a_thread(
