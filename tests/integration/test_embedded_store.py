@@ -124,6 +124,22 @@ async def test_a_page_reindexed_into_fewer_chunks_is_one_write(tmp_path: Path, b
         store.close()
 
 
+async def test_a_write_whose_points_lie_in_their_own_stale_tail_is_refused(tmp_path: Path) -> None:
+    store = await _open(tmp_path / "qdrant")
+    doc = uuid.uuid4()
+    try:
+        await store.upsert(_points(doc, ["old one", "old two"]))
+        with pytest.raises(ValueError, match="stale tail"):
+            await store.write_chunks(_points(doc, ["one", "two", "three", "four"]), [(doc, 2)])
+        assert await store.count(doc) == 2
+        _, hits = await store.search(
+            dense=None, keyword=BM25.encode_query("old"), point_filter=PointFilter(), limit=5
+        )
+        assert len(hits) == 2
+    finally:
+        store.close()
+
+
 def _stored_rows(storage: Path) -> int:
     """Points committed to the file, as another connection (another process) sees them."""
     with closing(sqlite3.connect(storage)) as connection:

@@ -119,6 +119,24 @@ def _qdrant_filter(conditions: Sequence[Condition]) -> models.Filter:
     return models.Filter(must=must)
 
 
+def _check_outside_stale_tails(
+    points: Sequence[IndexedPoint], stale_tails: Sequence[tuple[uuid.UUID, int]]
+) -> None:
+    if not points or not stale_tails:
+        return
+    first_stale: dict[str, int] = {}
+    for doc_id, first in stale_tails:
+        key = str(doc_id)
+        first_stale[key] = min(first, first_stale.get(key, first))
+    for point in points:
+        tail = first_stale.get(str(point.payload.get(DOC_ID)))
+        if tail is not None and int(point.payload.get("chunk_index", -1)) >= tail:
+            raise ValueError(
+                f"point {point.id} (chunk {point.payload.get('chunk_index')} of document "
+                f"{point.payload.get(DOC_ID)}) is in the stale tail deleted from chunk {tail} in the same write"
+            )
+
+
 def _doc_conditions(doc_id: uuid.UUID, *, from_chunk: int | None = None) -> list[Condition]:
     found: list[Condition] = [Match(DOC_ID, str(doc_id))]
     if from_chunk is not None:
@@ -381,7 +399,12 @@ class VectorStore:
         """Upsert ``points``, then delete each ``(doc_id, first_stale_chunk)`` document's points from that
         chunk index on (a page re-indexed into fewer chunks), as one write: one request to a Qdrant server
         (a batch update, whose operations apply in order, so a reader never sees a page without its
-        chunks), one commit of the embedded store."""
+        chunks), one commit of the embedded store.
+
+        A point in its own document's stale tail is refused (ValueError), nothing written: the tail's ids
+        are looked up before the upsert, so a store would keep such a point on disk that its local index
+        and a Qdrant server drop."""
+        _check_outside_stale_tails(points, stale_tails)
         structs = [
             models.PointStruct(
                 id=str(p.id),
