@@ -732,6 +732,31 @@ def test_a_batchs_first_job_is_the_workers_current_job_until_the_batch_ends(
     assert clean_redis.hget(worker.key, "current_job") is None  # none once the batch has ended
 
 
+def test_after_a_batched_job_fails_the_next_job_performed_is_the_workers_current_job(
+    settings: Settings, embedder: LocalModelEmbedder, clean_redis: redis.Redis
+) -> None:
+    """RQ clears the current job when it records a failure; the jobs performed after it name theirs again."""
+    runtime = start_runtime(settings.model_copy(update={"index_job_retries": 0}), RefusingEmbedder(embedder))
+    try:
+        queue = runtime.index.queue
+        ids = [queue.enqueue_index(page(1, REFUSED)).job_id]
+        ids += [queue.enqueue_index(page(number)).job_id for number in (2, 3)]
+        rq_queue = Queue(QUEUE_INDEXING, connection=clean_redis, serializer=JSONSerializer)
+        worker = CurrentJobReadingWorker(
+            [rq_queue], connection=clean_redis, name=worker_name("after-failure"), index_batch_pages=8
+        )
+        worker.current_jobs = []
+
+        worker.work(burst=True, with_scheduler=False)
+    finally:
+        install_runtime(None)
+        runtime.close()
+
+    assert Job.fetch(ids[0], connection=clean_redis, serializer=JSONSerializer).get_status() == "failed"
+    assert worker.current_jobs == [ids[1], ids[1]]
+    assert clean_redis.hget(worker.key, "current_job") is None
+
+
 class FailingBatchRecordWorker(CrawldexWorker):
     """The real worker, except that writing a batch's record fails as a Redis connection dropped while the
     transaction is built would; RQ's own per-job record then runs as usual."""

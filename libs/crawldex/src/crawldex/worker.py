@@ -198,6 +198,9 @@ class CrawldexWorker(SimpleWorker):
         self._executions: dict[str, Execution] = {}
         # While a batch runs: the jobs that succeeded, recorded as finished when it ends.
         self._successes: list[tuple[Job, Queue, Execution]] | None = None
+        # RQ clears the worker's current job with any job's execution record (a failure, a retry, a success
+        # RQ records itself): the batch's next job performed then names itself again.
+        self._current_job_cleared = False
         self._force_stopped = False
         self._take_index_jobs = self.connection.register_script(_TAKE_INDEX_JOBS)
 
@@ -220,6 +223,7 @@ class CrawldexWorker(SimpleWorker):
         self._state = WorkerStatus.BUSY
         batch = [(job, queue), *self._more_index_jobs(job, queue)]
         self._executions = self._prepare_executions(batch)
+        self._current_job_cleared = False
         if self._heartbeat is None:
             self._heartbeat = JobHeartbeat(self._beat, self.heartbeat_seconds, name=f"heartbeat-{self.name}")
         with self._heartbeat.running([queued for queued, _ in batch]):
@@ -411,6 +415,9 @@ class CrawldexWorker(SimpleWorker):
         # all started together, and their pages were indexed before any of them is performed, so a write a
         # job (a round trip, 5 % of a batched job's time) would name each for well under a millisecond.
         # RQ's stop-job command, which reads it, stops nothing in a worker without a work horse.
+        if self._current_job_cleared:
+            self._current_job_cleared = False
+            self.set_current_job_id(job.id)
         self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")  # type: ignore[no-untyped-call]
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
@@ -494,6 +501,7 @@ class CrawldexWorker(SimpleWorker):
         if self._heartbeat is not None:
             self._heartbeat.release(job)
         super().cleanup_execution(job, pipeline)
+        self._current_job_cleared = True
 
     def _beat(self, jobs: Sequence[Job]) -> None:
         """Renew the worker's registration and the lease of each job it holds (RQ's `maintain_heartbeats`,
