@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
+from tokenizers import Encoding
 from torch.nn import functional
 
 from crawldex.errors import ConfigurationError
@@ -182,3 +186,32 @@ class BertEncoder:
         if self._inner_buffer.numel() < size:
             self._inner_buffer = torch.empty(size, dtype=self._words.dtype, device=self._words.device)
         return self._inner_buffer[:size].view(rows, width)
+
+
+def mean_pooled_unit_vectors(
+    model: BertEncoder, encodings: Sequence[Encoding], pad_id: int
+) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """One forward pass over ``encodings`` (padded to the longest with ``pad_id``): each text's tokens
+    mean-pooled over its own tokens and L2-normalised, as sentence-transformers' Pooling and Normalize modules
+    do; float32 rows on the CPU, whatever the model's device and precision."""
+    width = max(len(e.ids) for e in encodings)
+    ids = np.full((len(encodings), width), pad_id, dtype=np.int64)
+    type_ids = np.zeros((len(encodings), width), dtype=np.int64)
+    mask = np.zeros((len(encodings), width), dtype=np.int64)
+    for row, encoding in enumerate(encodings):
+        ids[row, : len(encoding.ids)] = encoding.ids
+        type_ids[row, : len(encoding.ids)] = encoding.type_ids
+        mask[row, : len(encoding.ids)] = 1
+    device = model.device
+    attention = torch.from_numpy(mask).to(device)
+    with torch.inference_mode():
+        tokens = model(
+            input_ids=torch.from_numpy(ids).to(device),
+            token_type_ids=torch.from_numpy(type_ids).to(device),
+            attention_mask=attention,
+        )
+        weights = attention.unsqueeze(-1).to(tokens.dtype)
+        mean = (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+        unit = functional.normalize(mean, p=2.0, dim=1)
+        result: np.ndarray[Any, np.dtype[np.float32]] = unit.float().cpu().numpy()
+    return result

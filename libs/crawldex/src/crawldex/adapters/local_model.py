@@ -154,29 +154,9 @@ class LocalModelEmbedder:
         return vectors
 
     def _forward(self, encodings: list[Encoding]) -> np.ndarray[Any, np.dtype[np.float32]]:
-        import torch
+        from crawldex.adapters.bert import mean_pooled_unit_vectors
 
-        width = max(len(e.ids) for e in encodings)
-        ids = np.full((len(encodings), width), self._pad_id, dtype=np.int64)
-        type_ids = np.zeros((len(encodings), width), dtype=np.int64)
-        mask = np.zeros((len(encodings), width), dtype=np.int64)
-        for row, encoding in enumerate(encodings):
-            ids[row, : len(encoding.ids)] = encoding.ids
-            type_ids[row, : len(encoding.ids)] = encoding.type_ids
-            mask[row, : len(encoding.ids)] = 1
-        device = self._model.device
-        attention = torch.from_numpy(mask).to(device)
-        with torch.inference_mode():
-            tokens = self._model(
-                input_ids=torch.from_numpy(ids).to(device),
-                token_type_ids=torch.from_numpy(type_ids).to(device),
-                attention_mask=attention,
-            )
-            weights = attention.unsqueeze(-1).to(tokens.dtype)
-            mean = (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-            unit = torch.nn.functional.normalize(mean, p=2.0, dim=1)
-            result: np.ndarray[Any, np.dtype[np.float32]] = unit.float().cpu().numpy()
-        return result
+        return mean_pooled_unit_vectors(self._model, encodings, self._pad_id)
 
     async def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
         return await asyncio.to_thread(self.embed_documents_sync, texts)
