@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SOURCES := libs/crawldex/src services/ingest-api/src services/index-worker/src services/rescrape-worker/src tests benchmarks
 
-.PHONY: help install dev test test-fast lint format worker bench bench-instructions clean chart-tools chart-lint chart-template chart-check k8s images
+.PHONY: help install dev test test-fast lint format worker bench bench-instructions bench-gpu-pack clean chart-tools chart-lint chart-template chart-check k8s images
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ bench: install ## run the benchmarks (8-31 min on 2 cores, by the machine's spee
 
 bench-instructions: install ## instructions a webhook and a bare request, counted by callgrind (~3 min; apt-installs valgrind)
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.instructions
+
+bench-gpu-pack: install ## the GPU benchmark's inputs in .gpu-pack/ (~47 MB) for a GPU machine to run (benchmarks/gpu.py)
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.gpu pack .gpu-pack
 
 clean: ## remove the virtualenv, caches and the dev data
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache data .run

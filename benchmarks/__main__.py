@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks import freshness, ingest, job_overhead, quality, search_latency, throughput
+from benchmarks import freshness, gpu, ingest, job_overhead, quality, search_latency, throughput
 from benchmarks.common import REPO_ROOT, Report, Row, machine, progress, verdict
 
 # Run order: cheapest process start-ups last; each entry: name, module runner.
@@ -23,16 +23,10 @@ BENCHMARKS: dict[str, Callable[[bool], Any]] = {
     "jobs": job_overhead.run,
     "freshness": freshness.run,
     "ingest": ingest.run,
+    "gpu": gpu.report,  # measured only where CUDA is available
 }
 DOC = REPO_ROOT / "docs" / "benchmarks.md"
 HEADER = ("#", "figure", "measured", "limit side by side", "ratio", "target", "result")
-
-
-def _gpu() -> Report:
-    return Report(
-        "gpu",
-        rows=[Row("8 GPU throughput", "chunks/s on GPU (TEI)", "not measured (no GPU lent)", passed=None)],
-    )
 
 
 def _run_one(name: str, quick: bool) -> Report:
@@ -73,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     parser.add_argument(
-        "--only", action="append", choices=[*BENCHMARKS, "gpu"], help="run only this benchmark (repeatable)"
+        "--only", action="append", choices=[*BENCHMARKS], help="run only this benchmark (repeatable)"
     )
     parser.add_argument(
         "--write",
@@ -82,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         help="write docs/benchmarks.md (default: only for a full run, without --quick or --only)",
     )
     args = parser.parse_args(argv)
-    names = args.only or [*BENCHMARKS, "gpu"]
+    names = args.only or [*BENCHMARKS]
     started = time.perf_counter()
-    reports = [_gpu() if name == "gpu" else _run_one(name, args.quick) for name in names]
+    reports = [_run_one(name, args.quick) for name in names]
     rows = [row for report in reports for row in report.rows]
     table = _table(rows)
     print(table)
