@@ -335,15 +335,19 @@ def resident_mb(pid: int) -> Resident:
     mapped file that has the most resident pages (/proc/<pid>/smaps, read first: reading it takes memory of
     its own, which the status then counts)."""
     files = mapped_files_mb(pid)
-    name, largest = max(files.items(), key=lambda item: item[1], default=("", 0.0))
+    path, largest = max(files.items(), key=lambda item: item[1], default=("", 0.0))
     sizes = proc_status_mb(pid)
     return Resident(
-        sizes.get("RssAnon", math.nan), sizes.get("RssFile", 0.0) + sizes.get("RssShmem", 0.0), name, largest
+        sizes.get("RssAnon", math.nan),
+        sizes.get("RssFile", 0.0) + sizes.get("RssShmem", 0.0),
+        Path(path).name,
+        largest,
     )
 
 
 def mapped_files_mb(pid: int) -> dict[str, float]:
-    """The resident pages of each file mapped in the process (its name: its mappings together), in MB."""
+    """The resident pages of each file mapped in the process (by path: its mappings together), in MB. A file
+    deleted since it was mapped keeps its path with " (deleted)" after it."""
     per_file: dict[str, float] = defaultdict(float)
     current: str | None = None
     try:
@@ -353,7 +357,7 @@ def mapped_files_mb(pid: int) -> dict[str, float]:
                 # A mapping's first line starts with its address range; its fields' lines with "Name:".
                 if head and "-" in head[0] and ":" not in head[0]:
                     path = head[5].strip() if len(head) == 6 else ""
-                    current = Path(path).name if path.startswith("/") else None
+                    current = path if path.startswith("/") else None
                 elif current is not None and line.startswith("Rss:"):
                     per_file[current] += int(line.split()[1]) / 1024
     except OSError:

@@ -36,11 +36,32 @@ def test_the_resident_pages_of_each_mapped_file_are_counted(tmp_path: Path) -> N
     path = tmp_path / "weights.bin"
     path.write_bytes(b"\x01" * size)
     with path.open("rb") as file, mmap.mmap(file.fileno(), size, prot=mmap.PROT_READ) as mapped:
-        before = mapped_files_mb(os.getpid()).get("weights.bin", 0.0)
+        before = mapped_files_mb(os.getpid()).get(str(path), 0.0)
         total = sum(mapped[offset] for offset in range(0, size, mmap.PAGESIZE))  # each page read, so resident
         during = mapped_files_mb(os.getpid())
         resident = resident_mb(os.getpid())
     assert total == size // mmap.PAGESIZE
-    assert 46 < during["weights.bin"] - before <= 49
+    assert 46 < during[str(path)] - before <= 49
     assert abs(resident.largest_file_mb - max(during.values())) < 2  # the largest, named in the row
     assert f"of them {resident.largest_file} " in str(resident)
+
+
+def test_files_of_the_same_name_are_counted_apart(tmp_path: Path) -> None:
+    size = 8 * 1024 * 1024
+    paths = [tmp_path / folder / "libsame.so" for folder in ("a", "b")]
+    files, maps = [], []
+    try:
+        for path in paths:
+            path.parent.mkdir()
+            path.write_bytes(b"\x01" * size)
+            files.append(path.open("rb"))
+            maps.append(mmap.mmap(files[-1].fileno(), size, prot=mmap.PROT_READ))
+        for mapped in maps:
+            sum(mapped[offset] for offset in range(0, size, mmap.PAGESIZE))
+        counted = mapped_files_mb(os.getpid())
+    finally:
+        for mapped in maps:
+            mapped.close()
+        for file in files:
+            file.close()
+    assert [round(counted[str(path)]) for path in paths] == [8, 8]
