@@ -97,6 +97,15 @@ def runtime(settings: Settings, embedder: LocalModelEmbedder) -> Iterator[Worker
     started.close()
 
 
+@pytest.fixture
+def refusing_runtime(settings: Settings, embedder: LocalModelEmbedder) -> Iterator[WorkerRuntime]:
+    """The runtime with `RefusingEmbedder` and no retries: a refused page's job fails at once."""
+    started = start_runtime(settings.model_copy(update={"index_job_retries": 0}), RefusingEmbedder(embedder))
+    yield started
+    install_runtime(None)
+    started.close()
+
+
 def work(connection: redis.Redis, batch_pages: int, max_chars: int = 1_000_000) -> Queue:
     queue = Queue(QUEUE_INDEXING, connection=connection, serializer=JSONSerializer)
     worker = CrawldexWorker(
@@ -252,25 +261,20 @@ def test_a_removal_ends_the_batch_and_runs_after_the_pages_queued_before_it(
 
 
 def test_a_batch_that_fails_is_indexed_again_one_job_at_a_time(
-    settings: Settings, embedder: LocalModelEmbedder, clean_redis: redis.Redis
+    refusing_runtime: WorkerRuntime, clean_redis: redis.Redis
 ) -> None:
     """One page the embedder refuses fails its own job; the pages batched with it are still indexed."""
-    runtime = start_runtime(settings.model_copy(update={"index_job_retries": 0}), RefusingEmbedder(embedder))
-    try:
-        queue = runtime.index.queue
-        good = [queue.enqueue_index(page(1)), queue.enqueue_index(page(3))]
-        refused = queue.enqueue_index(page(2, REFUSED))
-        work(clean_redis, batch_pages=8)
+    queue = refusing_runtime.index.queue
+    good = [queue.enqueue_index(page(1)), queue.enqueue_index(page(3))]
+    refused = queue.enqueue_index(page(2, REFUSED))
+    work(clean_redis, batch_pages=8)
 
-        assert [result_of(clean_redis, job.job_id)["batch_pages"] for job in good] == [1, 1]
-        job = Job.fetch(refused.job_id, connection=clean_redis, serializer=JSONSerializer)
-        assert job.get_status() == "failed"
-        latest = job.latest_result()
-        assert latest is not None
-        assert "TEI 413" in (latest.exc_string or "")
-    finally:
-        install_runtime(None)
-        runtime.close()
+    assert [result_of(clean_redis, job.job_id)["batch_pages"] for job in good] == [1, 1]
+    job = Job.fetch(refused.job_id, connection=clean_redis, serializer=JSONSerializer)
+    assert job.get_status() == "failed"
+    latest = job.latest_result()
+    assert latest is not None
+    assert "TEI 413" in (latest.exc_string or "")
 
 
 class DownEmbedder(RefusingEmbedder):
@@ -733,24 +737,19 @@ def test_a_batchs_first_job_is_the_workers_current_job_until_the_batch_ends(
 
 
 def test_after_a_batched_job_fails_the_next_job_performed_is_the_workers_current_job(
-    settings: Settings, embedder: LocalModelEmbedder, clean_redis: redis.Redis
+    refusing_runtime: WorkerRuntime, clean_redis: redis.Redis
 ) -> None:
     """RQ clears the current job when it records a failure; the jobs performed after it name theirs again."""
-    runtime = start_runtime(settings.model_copy(update={"index_job_retries": 0}), RefusingEmbedder(embedder))
-    try:
-        queue = runtime.index.queue
-        ids = [queue.enqueue_index(page(1, REFUSED)).job_id]
-        ids += [queue.enqueue_index(page(number)).job_id for number in (2, 3)]
-        rq_queue = Queue(QUEUE_INDEXING, connection=clean_redis, serializer=JSONSerializer)
-        worker = CurrentJobReadingWorker(
-            [rq_queue], connection=clean_redis, name=worker_name("after-failure"), index_batch_pages=8
-        )
-        worker.current_jobs = []
+    queue = refusing_runtime.index.queue
+    ids = [queue.enqueue_index(page(1, REFUSED)).job_id]
+    ids += [queue.enqueue_index(page(number)).job_id for number in (2, 3)]
+    rq_queue = Queue(QUEUE_INDEXING, connection=clean_redis, serializer=JSONSerializer)
+    worker = CurrentJobReadingWorker(
+        [rq_queue], connection=clean_redis, name=worker_name("after-failure"), index_batch_pages=8
+    )
+    worker.current_jobs = []
 
-        worker.work(burst=True, with_scheduler=False)
-    finally:
-        install_runtime(None)
-        runtime.close()
+    worker.work(burst=True, with_scheduler=False)
 
     assert Job.fetch(ids[0], connection=clean_redis, serializer=JSONSerializer).get_status() == "failed"
     assert worker.current_jobs == [ids[1], ids[1]]
