@@ -361,11 +361,16 @@ def test_a_warm_stop_puts_back_the_jobs_that_would_index_on_their_own(
     try:
         with signal_handlers_restored():
             (first, refused, last), worker = three_pages_one_refused(runtime, clean_redis)
+            with_ttl = Job.key_for(last.job_id)
+            clean_redis.hset(with_ttl, "ttl", 600)  # as RQ's enqueue(..., ttl=600) leaves a job
+            clean_redis.expire(with_ttl, 600)
             worker.work(burst=True, with_scheduler=False)
         rq_queue = worker.queues[0]
         assert result_of(clean_redis, first.job_id)["batch_pages"] == 1  # performed: it was under way
         assert rq_queue.get_job_ids() == [refused.job_id, last.job_id]  # back at the front, in order
         assert rq_queue.started_job_registry.count == 0
+        assert 0 < clean_redis.ttl(with_ttl) <= 600  # expires again, as queued
+        assert clean_redis.ttl(Job.key_for(refused.job_id)) == -1  # enqueued without one
         for put_back in (refused, last):
             job = Job.fetch(put_back.job_id, connection=clean_redis, serializer=JSONSerializer)
             assert job.get_status() == "queued"

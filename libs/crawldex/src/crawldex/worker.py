@@ -255,7 +255,8 @@ class CrawldexWorker(SimpleWorker):
 
     def _return_to_queues(self, jobs: Sequence[tuple[Job, Queue]]) -> None:
         """Jobs of a batch not performed: queued again at the front of their queues, in their order, their
-        executions and leases gone, as if they had never been taken."""
+        executions and leases gone, as if they had never been taken: a job enqueued with a ttl expires again
+        after it, as RQ's enqueue left it (the batch's start made every key persistent)."""
         for queued, _ in jobs:
             if self._heartbeat is not None:
                 self._heartbeat.release(queued)  # before the execution goes: no beat writes it again
@@ -264,6 +265,7 @@ class CrawldexWorker(SimpleWorker):
                 for queued, origin in reversed(jobs):
                     self._executions[queued.id].delete(job=queued, pipeline=pipeline)
                     queued.set_status(JobStatus.QUEUED, pipeline=pipeline)
+                    queued.cleanup(ttl=queued.ttl, pipeline=pipeline, remove_from_queue=False)
                     origin.push_job_id(queued.id, pipeline=pipeline, at_front=True)
                 pipeline.execute()
         except redis.RedisError:
