@@ -116,18 +116,16 @@ def pack(directory: Path, documents: int | None = None) -> dict[str, int]:
 def embed_all(
     model: BertEncoder, encodings: Sequence[Encoding], batch_size: int, pad_id: int
 ) -> np.ndarray[Any, np.dtype[np.float32]]:
-    """Every encoding's vector, in input order, from forward passes of ``batch_size`` texts, longest first."""
-    from crawldex.adapters.bert import mean_pooled_unit_vectors
+    """Every encoding's vector, in input order, from forward passes of ``batch_size`` texts, longest first, as
+    the in-process model batches them."""
+    from crawldex.adapters.bert import longest_first, mean_pooled_unit_vectors
 
-    order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
-    vectors = np.zeros((len(encodings), 0), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        rows = mean_pooled_unit_vectors(model, [encodings[i] for i in batch], pad_id)
-        if vectors.shape[1] == 0:
-            vectors = np.zeros((len(encodings), rows.shape[1]), dtype=np.float32)
-        vectors[batch] = rows
-    return vectors
+    rows: list[np.ndarray[Any, np.dtype[np.float32]]] = [np.empty(0, dtype=np.float32)] * len(encodings)
+    for batch in longest_first(encodings, batch_size):
+        vectors = mean_pooled_unit_vectors(model, [encodings[i] for i in batch], pad_id)
+        for i, row in zip(batch, vectors, strict=True):
+            rows[i] = row
+    return np.stack(rows)
 
 
 def run(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,6 +186,14 @@ class BertEncoder:
         if self._inner_buffer.numel() < size:
             self._inner_buffer = torch.empty(size, dtype=self._words.dtype, device=self._words.device)
         return self._inner_buffer[:size].view(rows, width)
+
+
+def longest_first(encodings: Sequence[Encoding], batch_size: int) -> Iterator[list[int]]:
+    """The positions of ``encodings`` in batches of ``batch_size``, longest first, so that each batch pads to
+    texts of similar length (as sentence-transformers does)."""
+    order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
 
 
 def mean_pooled_unit_vectors(

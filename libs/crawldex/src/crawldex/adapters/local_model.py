@@ -134,11 +134,10 @@ class LocalModelEmbedder:
             encodings = self._tokenizer.encode_batch(list(texts))
         except Exception as exc:  # the tokenizer's errors are untyped
             raise EmbedderError(f"in-process model could not tokenise the input: {exc}") from exc
-        # Longest first, so that each batch pads to texts of similar length (as sentence-transformers does).
-        order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
+        from crawldex.adapters.bert import longest_first
+
         vectors: list[Vector] = [[] for _ in texts]
-        for start in range(0, len(order), self._batch_size):
-            batch = order[start : start + self._batch_size]
+        for batch in longest_first(encodings, self._batch_size):
             EMBED_BATCH_SIZE.labels("local", purpose).observe(len(batch))
             started = time.perf_counter()
             try:
