@@ -10,14 +10,13 @@ answers 404 ``{"success": false, "error": "Job not found"}``.
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.local_http import QuietHandler, serve
 
 EXPIRES_AT = "2026-11-25T09:14:03.118Z"
 PATHS = {"crawl": "/v2/crawl/", "batch_scrape": "/v2/batch/scrape/"}
@@ -78,29 +77,15 @@ class FirecrawlServer:
 def serve_firecrawl(api_key: str | None = None) -> Iterator[FirecrawlServer]:
     firecrawl = FirecrawlServer(api_key=api_key)
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             parts = urlsplit(self.path)
             firecrawl.requests.append(self.path)
             status, body = firecrawl.answer(
                 parts.path, parts.query, self.headers.get("Host", ""), self.headers.get("Authorization")
             )
-            data = json.dumps(body).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.send_json(status, body)
 
-        def log_message(self, format: str, *args: object) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    firecrawl.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve(Handler) as base_url:
+        firecrawl.base_url = base_url
         yield firecrawl
-    finally:
-        server.shutdown()
-        server.server_close()
