@@ -39,6 +39,15 @@ class Settings(BaseSettings):
     qdrant_url: str | None = Field(default=None, description="Qdrant server URL. Unset: embedded store.")
     qdrant_api_key: SecretStr | None = None
     qdrant_collection: str = "crawldex"
+    qdrant_max_request_mb: float = Field(
+        default=24.0,
+        gt=0,
+        description=(
+            "Most MiB of points one write request to a Qdrant server may carry, counted from above; a "
+            "larger write (a page of millions of characters) is sent in several. Keep it under the "
+            "server's service.max_request_size_mb (32 by default)."
+        ),
+    )
     tei_url: str | None = Field(default=None, description="TEI base URL. Unset: in-process model.")
     tei_timeout_seconds: float = Field(default=30.0, gt=0)
     tei_max_retries: int = Field(default=5, ge=0)

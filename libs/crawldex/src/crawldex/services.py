@@ -140,12 +140,7 @@ class Services:
                     max_input_tokens=info.max_input_tokens,
                 )
                 settings.data_dir.mkdir(parents=True, exist_ok=True)
-                store = opened = VectorStore.open(
-                    url=settings.qdrant_url,
-                    api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
-                    path=str(settings.qdrant_path),
-                    collection=settings.qdrant_collection,
-                )
+                store = opened = open_store(settings)
                 await store.ensure_collection(info.dimension, settings.keyword_stemmer)
             if migrate if migrate is not None else (settings.migrate_on_start and share_from is None):
                 await _upgrade(settings.effective_database_url)
@@ -254,6 +249,17 @@ class Services:
             await asyncio.to_thread(self.operations.close)
 
 
+def open_store(settings: Settings) -> VectorStore:
+    """The Qdrant server at CRAWLDEX_QDRANT_URL, else the embedded store in the data directory."""
+    return VectorStore.open(
+        url=settings.qdrant_url,
+        api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+        path=str(settings.qdrant_path),
+        collection=settings.qdrant_collection,
+        max_request_bytes=int(settings.qdrant_max_request_mb * 2**20),
+    )
+
+
 def search_defaults(settings: Settings) -> SearchDefaults:
     return SearchDefaults(
         rrf_k=settings.search_rrf_k,
@@ -297,12 +303,7 @@ class SearchServices:
         embedder = await _make_embedder(settings)
         try:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
-            store = VectorStore.open(
-                url=settings.qdrant_url,
-                api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
-                path=str(settings.qdrant_path),
-                collection=settings.qdrant_collection,
-            )
+            store = open_store(settings)
         except BaseException:
             await embedder.aclose()
             raise

@@ -58,6 +58,9 @@ NUMERIC_FIELDS = ("chunk_index", "indexed_at_ts")
 STEMMER_METADATA_KEY = "crawldex_keyword_stemmer"
 # The local keyword index reads the collection in pages of this many points when the store opens.
 SCROLL_PAGE = 5000
+# A Qdrant server refuses a request body over its service.max_request_size_mb (32 MiB by default, 400 Bad
+# Request); a write whose points may add up to more than this is sent in several requests.
+DEFAULT_MAX_REQUEST_BYTES = 24 * 2**20
 
 T = TypeVar("T")
 
@@ -137,6 +140,55 @@ def _check_outside_stale_tails(
             )
 
 
+def _json_bytes_bound(value: Any) -> int:
+    """At least the bytes of ``value`` in any JSON encoding of it: 6 bytes a character (the most an
+    escaped control character takes) and 32 a number, so that the estimate never falls short."""
+    if isinstance(value, str):
+        return 6 * len(value) + 2
+    if isinstance(value, dict):
+        return 2 + sum(_json_bytes_bound(key) + _json_bytes_bound(item) + 2 for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return 2 + sum(_json_bytes_bound(item) + 1 for item in value)
+    return 32  # a number, a boolean or null
+
+
+def _point_bytes_bound(point: IndexedPoint) -> int:
+    """At least the bytes of ``point`` in a write request: its id, dense vector (a float each, up to 24
+    characters and a comma), keyword vector (an index and a value each) and payload, with the keys around
+    them."""
+    return 128 + 25 * len(point.dense) + 36 * len(point.keyword.indices) + _json_bytes_bound(point.payload)
+
+
+def _request_slices(points: Sequence[IndexedPoint], max_bytes: int) -> list[Sequence[IndexedPoint]]:
+    """``points`` in their order, cut into runs whose bound stays within ``max_bytes`` (a point larger
+    than that alone): one run for any write but a very large page's."""
+    slices: list[Sequence[IndexedPoint]] = []
+    start, size = 0, 0
+    for position, point in enumerate(points):
+        point_bytes = _point_bytes_bound(point)
+        if position > start and size + point_bytes > max_bytes:
+            slices.append(points[start:position])
+            start, size = position, 0
+        size += point_bytes
+    if start < len(points):
+        slices.append(points[start:])
+    return slices
+
+
+def _point_structs(points: Sequence[IndexedPoint]) -> list[models.PointStruct]:
+    return [
+        models.PointStruct(
+            id=str(p.id),
+            vector={
+                DENSE: p.dense,
+                KEYWORD: models.SparseVector(indices=p.keyword.indices, values=p.keyword.values),
+            },
+            payload=p.payload,
+        )
+        for p in points
+    ]
+
+
 def _doc_conditions(doc_id: uuid.UUID, *, from_chunk: int | None = None) -> list[Condition]:
     found: list[Condition] = [Match(DOC_ID, str(doc_id))]
     if from_chunk is not None:
@@ -155,9 +207,16 @@ def _local_point(point_id: models.ExtendedPointId, vector: Any, payload: dict[st
 
 class VectorStore:
     def __init__(
-        self, client: QdrantClient, collection: str, *, serialize: bool, local_path: Path | None = None
+        self,
+        client: QdrantClient,
+        collection: str,
+        *,
+        serialize: bool,
+        local_path: Path | None = None,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
         self._client = client
+        self._max_request_bytes = max_request_bytes
         self.collection = collection
         self.is_local = serialize
         self._local_path = local_path
@@ -172,11 +231,18 @@ class VectorStore:
 
     @classmethod
     def open(
-        cls, *, url: str | None, api_key: str | None, path: str, collection: str, timeout: float = 30.0
+        cls,
+        *,
+        url: str | None,
+        api_key: str | None,
+        path: str,
+        collection: str,
+        timeout: float = 30.0,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> VectorStore:
         if url:
             client = QdrantClient(url=url, api_key=api_key, timeout=int(timeout))
-            return cls(client, collection, serialize=False)
+            return cls(client, collection, serialize=False, max_request_bytes=max_request_bytes)
         try:
             client = QdrantClient(path=path)
         except RuntimeError as exc:  # the local store is locked by another process
@@ -399,36 +465,33 @@ class VectorStore:
         """Upsert ``points``, then delete each ``(doc_id, first_stale_chunk)`` document's points from that
         chunk index on (a page re-indexed into fewer chunks), as one write: one request to a Qdrant server
         (a batch update, whose operations apply in order, so a reader never sees a page without its
-        chunks), one commit of the embedded store.
+        chunks), one commit of the embedded store. Points that may add up to more than the store's
+        request bound (a page of millions of characters) go to a server in several requests, in order,
+        the deletion in the last: a reader may then see such a page's new chunks beside its old ones for
+        a moment, never the page without chunks.
 
         A point in its own document's stale tail is refused (ValueError), nothing written: the tail's ids
         are looked up before the upsert, so a store would keep such a point on disk that its local index
         and a Qdrant server drop."""
         _check_outside_stale_tails(points, stale_tails)
-        structs = [
-            models.PointStruct(
-                id=str(p.id),
-                vector={
-                    DENSE: p.dense,
-                    KEYWORD: models.SparseVector(indices=p.keyword.indices, values=p.keyword.values),
-                },
-                payload=p.payload,
-            )
-            for p in points
-        ]
         stale = [_doc_conditions(doc_id, from_chunk=first) for doc_id, first in stale_tails]
-        if not structs and not stale:
+        if not points and not stale:
             return
+        # The embedded store has no request to bound: one write, one commit.
+        slices = [points] if self.is_local else _request_slices(points, self._max_request_bytes)
 
         def write() -> None:
-            operations: list[models.UpdateOperation] = []
-            if structs:
-                operations.append(models.UpsertOperation(upsert=models.PointsList(points=structs)))
+            requests: list[list[models.UpdateOperation]] = [
+                [models.UpsertOperation(upsert=models.PointsList(points=_point_structs(run)))]
+                for run in slices
+                if run
+            ] or [[]]
             selector = self._stale_selector(stale)
             if selector is not None:
-                operations.append(models.DeleteOperation(delete=selector))
-            if operations:
-                self._client.batch_update_points(self.collection, update_operations=operations, wait=True)
+                requests[-1].append(models.DeleteOperation(delete=selector))
+            for operations in requests:
+                if operations:
+                    self._client.batch_update_points(self.collection, update_operations=operations, wait=True)
 
         def mirror(index: LocalIndex) -> None:
             index.upsert(
