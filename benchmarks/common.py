@@ -470,3 +470,12 @@ def api_env(data_dir: Path, port: int, database_url: str | None, **extra: str) -
     if database_url:
         env["CRAWLDEX_DATABASE_URL"] = database_url
     return env
+
+
+def start_tei_contract_server(log: Path) -> tuple[Process, str]:
+    """A server speaking TEI's API (tests/e2e/tei_contract_server.py), backed by the in-process model in its
+    own process, and its URL, not yet waited for: TEI cannot run here, and production's services embed with it.
+    """
+    port = free_port()
+    command = [sys.executable, "-m", "tests.e2e.tei_contract_server", "--port", str(port)]
+    return Process(command, {}, log), f"http://127.0.0.1:{port}"

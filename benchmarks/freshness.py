@@ -1,5 +1,6 @@
 """Benchmarks 5 and 6 (part): freshness in the embedded mode (change notification → new text searchable)
-and the peak RSS of that process; then the peak RSS of a real index-worker process under load."""
+and the peak RSS of that process; then the peak RSS of a real index-worker process under load, on the
+in-process model and on TEI."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from benchmarks.common import (
     postgres_database,
     progress,
     resident_mb,
+    start_tei_contract_server,
     temp_dir,
     vm_hwm_mb,
     wait_ready,
@@ -124,20 +126,25 @@ def _trials(site: PageSite, base: str, trials: int) -> list[float]:
 
 
 def _worker_memory(quick: bool, report: Report) -> None:
-    """A real crawldex-index-worker process indexing SciFact pages; VmHWM sampled after its burst."""
+    """Real crawldex-index-worker processes indexing SciFact pages, on the in-process model and on TEI (as
+    the chart deploys it); VmHWM sampled until each has worked through its queue."""
     import asyncio
 
     data = load_scifact()
     # Sustained, not a burst: the heap's growth over hundreds of pages is what a long-running worker sees.
     pages = 100 if quick else 300
-    flush_redis()
-    progress(f"memory: crawldex-index-worker on {pages} queued pages")
 
-    async def with_database() -> tuple[float, Resident]:
+    async def with_databases() -> tuple[tuple[float, Resident], tuple[float, Resident]]:
+        # A database each: the second worker must index the pages anew, not find them indexed.
         async with postgres_database() as database_url:
-            return await asyncio.to_thread(_worker_run, database_url, data.corpus, pages)
+            progress(f"memory: crawldex-index-worker on the in-process model, {pages} queued pages")
+            on_model = await asyncio.to_thread(_worker_run, database_url, data.corpus, pages, {})
+        async with postgres_database() as database_url:
+            progress(f"memory: crawldex-index-worker on TEI, {pages} queued pages")
+            on_tei = await asyncio.to_thread(_worker_on_tei, database_url, data.corpus, pages)
+        return on_model, on_tei
 
-    rss, largest = asyncio.run(with_database())
+    (rss, largest), (tei_rss, tei_largest) = asyncio.run(with_databases())
     report.notes.append(
         f"Index-worker memory: a crawldex-index-worker process (the in-process model, PostgreSQL, embedded "
         f"Qdrant, up to {Settings().index_batch_pages} queued jobs a batch) on {pages} SciFact abstracts queued "
@@ -147,26 +154,48 @@ def _worker_memory(quick: bool, report: Report) -> None:
         "That file's part depends on how it came into the page cache, not on the worker: libtorch_cpu.so read "
         "in by the process's own page faults has ~60 MB of it resident; after the file was read through "
         "(copied, unpacked, scanned) the page cache holds it in large folios, a fault maps the whole folio, and "
-        "140-175 MB of it are resident: shared, clean pages (benchmarks/ANALYSIS.md)."
+        "130-175 MB of it are resident: shared, clean pages (benchmarks/ANALYSIS.md). As deployed (the chart "
+        "requires TEI) an index-worker embeds with TEI and loads no torch: the same pages, queued again, by a "
+        "worker with CRAWLDEX_TEI_URL set to tests/e2e/tei_contract_server.py (TEI's HTTP API in front of the "
+        "same model, in a process of its own); its store is still the embedded Qdrant, whose copy of the "
+        "points lives in the worker (a deployed worker writes to a Qdrant server), so that row is an upper "
+        "bound."
     )
-    report.rows.append(
-        Row(
-            "6 memory",
-            f"peak RSS, index-worker under load ({pages} pages)",
-            f"{rss:.0f} MB ({largest} at the largest sample)",
-            baseline=f"limit {WORKER_TARGET_MB:.0f} MB",
-            ratio=f"{rss / WORKER_TARGET_MB:.0%}",
-            target="≤ 700 MB",
-            passed=rss <= WORKER_TARGET_MB,
+    for figure, peak, resident in (
+        (f"peak RSS, index-worker under load ({pages} pages)", rss, largest),
+        (f"peak RSS, index-worker under load ({pages} pages; TEI, as deployed)", tei_rss, tei_largest),
+    ):
+        report.rows.append(
+            Row(
+                "6 memory",
+                figure,
+                f"{peak:.0f} MB ({resident} at the largest sample)",
+                baseline=f"limit {WORKER_TARGET_MB:.0f} MB",
+                ratio=f"{peak / WORKER_TARGET_MB:.0%}",
+                target="≤ 700 MB",
+                passed=peak <= WORKER_TARGET_MB,
+            )
         )
-    )
 
 
-def _worker_run(database_url: str, corpus: dict[str, str], pages: int) -> tuple[float, Resident]:
+def _worker_on_tei(database_url: str, corpus: dict[str, str], pages: int) -> tuple[float, Resident]:
+    with temp_dir("tei") as tmp:
+        tei, tei_url = start_tei_contract_server(Path(tmp) / "tei.log")
+        try:
+            wait_ready(tei, tei_url, path="/health")
+            return _worker_run(database_url, corpus, pages, {"CRAWLDEX_TEI_URL": tei_url})
+        finally:
+            tei.stop()
+
+
+def _worker_run(
+    database_url: str, corpus: dict[str, str], pages: int, extra_env: dict[str, str]
+) -> tuple[float, Resident]:
     """The worker's VmHWM after its burst, and its resident memory at the largest of the samples taken
     every half second: how much of the peak is its own heap and how much mapped files."""
+    flush_redis()
     with temp_dir("worker") as tmp:
-        env = api_env(Path(tmp) / "data", free_port(), database_url, CRAWLDEX_METRICS_PORT="0")
+        env = api_env(Path(tmp) / "data", free_port(), database_url, CRAWLDEX_METRICS_PORT="0", **extra_env)
         settings = Settings(redis_url=REDIS_URL)
         connection = redis.Redis.from_url(REDIS_URL)
         queue = JobQueue(connection, settings)

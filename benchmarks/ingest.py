@@ -29,6 +29,7 @@ from benchmarks.common import (
     load_scifact,
     postgres_database,
     progress,
+    start_tei_contract_server,
     temp_dir,
     vm_hwm_mb,
     wait_ready,
@@ -112,16 +113,6 @@ def article_pages(count: int, size: int = ARTICLE_BYTES) -> list[str]:
             j += 1
         pages.append("\n\n".join(parts))
     return pages
-
-
-def start_tei_contract_server(log: Path) -> tuple[Process, str]:
-    """A server speaking TEI's API (tests/e2e/tei_contract_server.py) and its URL, not yet waited for.
-
-    Production's ingest-api embeds queries with TEI, which cannot run here; the webhook path embeds nothing.
-    """
-    port = free_port()
-    command = [sys.executable, "-m", "tests.e2e.tei_contract_server", "--port", str(port)]
-    return Process(command, {}, log), f"http://127.0.0.1:{port}"
 
 
 def webhook_api_env(

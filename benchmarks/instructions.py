@@ -33,10 +33,11 @@ from benchmarks.common import (
     free_port,
     postgres_database,
     progress,
+    start_tei_contract_server,
     temp_dir,
     wait_ready,
 )
-from benchmarks.ingest import signed_delivery, start_tei_contract_server, webhook_api_env
+from benchmarks.ingest import signed_delivery, webhook_api_env
 
 WARM_UP = 100
 MEASURED = 200
