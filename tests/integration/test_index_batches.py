@@ -19,7 +19,7 @@ from rq.serializers import JSONSerializer
 
 from crawldex.adapters.embedder import Embedder, EmbedderInfo, Vector
 from crawldex.adapters.local_model import LocalModelEmbedder
-from crawldex.adapters.queue import REMOVE_JOB, EnqueuedJob, JobQueue
+from crawldex.adapters.queue import INDEX_JOB, REMOVE_JOB, EnqueuedJob, JobQueue
 from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE, Settings
 from crawldex.db.crawls import CrawlRepository
 from crawldex.errors import DependencyUnavailableError, EmbedderError
@@ -787,3 +787,46 @@ def test_a_batch_whose_record_fails_is_recorded_job_by_job_as_rq_records_them(
     assert queue.started_job_registry.count == 0
     assert int(clean_redis.hget(worker.key, "successful_job_count") or 0) == 3
     assert "recording them one by one" in caplog.text
+
+
+def stored_call(connection: redis.Redis, job_id: str) -> tuple[str | None, list[Any]]:
+    """The function and arguments in a job's hash, as a worker would read them."""
+    job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+    return job.func_name, list(job.args)
+
+
+@pytest.mark.parametrize("batch_pages", [1, 8], ids=["alone", "batched"])
+def test_a_finished_index_job_keeps_its_page_but_not_its_markdown(
+    runtime: WorkerRuntime, clean_redis: redis.Redis, batch_pages: int
+) -> None:
+    long_text = " ".join(f"{number * 7919 % 100_003:x}" for number in range(3000))  # compresses ~2x, not 100x
+    pages = [page(number, long_text, title=f"Page {number}") for number in range(3)]
+    jobs = [runtime.index.queue.enqueue_index(p, delivery_id=f"delivery-{n}") for n, p in enumerate(pages)]
+    queued_size = max(len(clean_redis.hget(Job.key_for(job.job_id), "data") or b"") for job in jobs)
+
+    work(clean_redis, batch_pages=batch_pages)
+
+    for job, document in zip(jobs, pages, strict=True):
+        assert result_of(clean_redis, job.job_id)["status"] == "indexed"
+        function, (stored, change_event_id) = stored_call(clean_redis, job.job_id)
+        assert function == INDEX_JOB
+        assert stored == {k: v for k, v in document.model_dump(mode="json").items() if k != "markdown"}
+        assert change_event_id is None
+        assert len(clean_redis.hget(Job.key_for(job.job_id), "data") or b"") < queued_size / 10
+        view = runtime.index.queue.get_job(job.job_id)
+        assert view is not None
+        assert view.status == "finished"
+    # The same delivery again is still the finished job (deduplicated), not a new one.
+    again = runtime.index.queue.enqueue_index(pages[0], delivery_id="delivery-0")
+    assert again.deduplicated
+    assert again.job_id == jobs[0].job_id
+
+
+def test_a_failed_index_job_keeps_its_markdown_for_a_requeue(
+    refusing_runtime: WorkerRuntime, clean_redis: redis.Redis
+) -> None:
+    refused = page(2, REFUSED)
+    job = refusing_runtime.index.queue.enqueue_index(refused)
+    work(clean_redis, batch_pages=8)
+    assert Job.fetch(job.job_id, connection=clean_redis, serializer=JSONSerializer).get_status() == "failed"
+    assert stored_call(clean_redis, job.job_id)[1][0]["markdown"] == refused.markdown

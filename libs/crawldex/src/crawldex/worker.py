@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from itertools import takewhile
 from types import FrameType
@@ -79,6 +79,10 @@ class BatchStartedJob(Job):
     RQ's `Job.perform` sends PERSIST for the job's key before it runs the function, one round trip a job
     that was about 5 % of a batched index job's time (benchmark 2); this runs the function as RQ does
     (the job on RQ's stack of current jobs, which `rq.get_current_job` reads) without it.
+
+    An index job that succeeds is recorded without its page's markdown (`_handle_success`): RQ keeps a
+    finished job's hash for its result TTL (a day by default) for its status, and with the page in it
+    Redis held a day of crawled pages, about half their size each.
     """
 
     key_persisted = False  # set once the batch's start, PERSIST included, is written
@@ -94,6 +98,37 @@ class BatchStartedJob(Job):
             if popped is not self:  # pragma: no cover - RQ's own invariant
                 raise RuntimeError(f"RQ's stack of current jobs lost job {self.id}")
         return self._result
+
+    def _handle_success(
+        self,
+        result_ttl: Any,
+        pipeline: redis.client.Pipeline,
+        worker_name: str = "",
+        execution_id: str | None = None,
+        execution_started_at: datetime | None = None,
+        execution_ended_at: datetime | None = None,
+    ) -> Any:
+        # RQ saves the whole job (its data compressed again) as it marks it finished; an index job's page
+        # is not needed once indexed, only on a retry or a requeue, which follow a failure. A job that
+        # repeats (RQ queues it again as it is) keeps its page; crawldex queues none.
+        if not self.repeats_left and _is_index_job(self):
+            self.data = _without_markdown(self)
+        return super()._handle_success(
+            result_ttl,
+            pipeline=pipeline,
+            worker_name=worker_name,
+            execution_id=execution_id,
+            execution_started_at=execution_started_at,
+            execution_ended_at=execution_ended_at,
+        )
+
+
+def _without_markdown(job: Job) -> bytes:
+    """An index job's serialized call with its page's markdown left out: its URL and metadata stay for
+    whoever reads the finished job, and the job could not index an empty page if it ever ran again."""
+    page, *rest = job.args
+    kept = {field: value for field, value in page.items() if field != "markdown"}
+    return job.serializer.dumps((job.func_name, None, (kept, *rest), job.kwargs))
 
 
 def _is_index_job(job: Job) -> bool:
