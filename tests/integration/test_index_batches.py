@@ -830,3 +830,54 @@ def test_a_failed_index_job_keeps_its_markdown_for_a_requeue(
     work(clean_redis, batch_pages=8)
     assert Job.fetch(job.job_id, connection=clean_redis, serializer=JSONSerializer).get_status() == "failed"
     assert stored_call(clean_redis, job.job_id)[1][0]["markdown"] == refused.markdown
+
+
+class DroppingSuccessRecordWorker(CrawldexWorker):
+    """The real worker, except that the connection drops once as RQ records a job run alone as finished: RQ
+    then records that job failed and schedules its retry, from the same job object."""
+
+    dropped = False
+
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any) -> None:
+        if self.dropped:
+            super().handle_job_success(job, queue, started_job_registry)
+            return
+        self.dropped = True
+        connection = self.connection
+        real_pipeline = connection.pipeline
+
+        def dropping_pipeline(*args: Any, **kwargs: Any) -> redis.client.Pipeline:
+            pipeline = real_pipeline(*args, **kwargs)
+
+            def execute(raise_on_error: bool = True) -> list[Any]:
+                pipeline.reset()
+                raise redis.ConnectionError("Connection closed by server.")
+
+            pipeline.execute = execute  # type: ignore[method-assign]
+            return pipeline
+
+        connection.pipeline = dropping_pipeline  # type: ignore[method-assign]
+        try:
+            super().handle_job_success(job, queue, started_job_registry)
+        finally:
+            del connection.pipeline
+
+
+def test_a_job_whose_finished_record_fails_is_retried_with_its_page(
+    runtime: WorkerRuntime, clean_redis: redis.Redis
+) -> None:
+    document = page(1)
+    job_id = runtime.index.queue.enqueue_index(document).job_id
+    queue = Queue(QUEUE_INDEXING, connection=clean_redis, serializer=JSONSerializer)
+    worker = DroppingSuccessRecordWorker([queue], connection=clean_redis, name=worker_name("drop"))
+
+    worker.work(burst=True, with_scheduler=False)
+
+    job = Job.fetch(job_id, connection=clean_redis, serializer=JSONSerializer)
+    assert job.get_status() == "scheduled"  # RQ's failure record: a retry
+    assert stored_call(clean_redis, job_id)[1][0]["markdown"] == document.markdown
+    time.sleep(1.1)  # the retry interval (conftest: 1 s)
+    retrying = CrawldexWorker([queue], connection=clean_redis, name=worker_name("retry"))
+    retrying.work(burst=True, with_scheduler=True)
+    assert result_of(clean_redis, job_id)["status"] == "indexed"  # the first try's outcome: it wrote the page
+    assert "markdown" not in stored_call(clean_redis, job_id)[1][0]

@@ -111,9 +111,8 @@ class BatchStartedJob(Job):
         # RQ saves the whole job (its data compressed again) as it marks it finished; an index job's page
         # is not needed once indexed, only on a retry or a requeue, which follow a failure. A job that
         # repeats (RQ queues it again as it is) keeps its page; crawldex queues none.
-        if not self.repeats_left and _is_index_job(self):
-            self.data = _without_markdown(self)
-        return super()._handle_success(
+        record = partial(
+            super()._handle_success,
             result_ttl,
             pipeline=pipeline,
             worker_name=worker_name,
@@ -121,6 +120,16 @@ class BatchStartedJob(Job):
             execution_started_at=execution_started_at,
             execution_ended_at=execution_ended_at,
         )
+        if self.repeats_left or not _is_index_job(self):
+            return record()
+        data = self.data
+        self.data = _without_markdown(self)
+        try:
+            return record()
+        finally:
+            # The pipeline holds what it will write; should it fail, RQ records the job failed (and retried)
+            # from this object, which must still carry its page.
+            self.data = data
 
 
 def _without_markdown(job: Job) -> bytes:
