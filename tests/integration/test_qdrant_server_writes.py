@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from crawldex.adapters.qdrant import DOC_ID, IndexedPoint, VectorStore
+from crawldex.adapters.redis_lock import LockLostError
 from crawldex.errors import DependencyUnavailableError
 from crawldex.keyword import SparseVector
 from tests.local_http import QuietHandler, serve
@@ -133,6 +134,35 @@ async def test_a_write_larger_than_the_request_bound_goes_in_several_requests_th
     kinds = [[next(iter(operation)) for operation in body["operations"]] for body in server.bodies]
     assert kinds[:-1] == [["upsert"]] * (len(kinds) - 1)
     assert kinds[-1] == ["upsert", "delete"]
+
+
+async def test_a_full_batch_of_pages_is_one_request() -> None:
+    """8 pages of 100 chunks: over a million characters of text, CRAWLDEX_INDEX_BATCH_MAX_CHARS's default."""
+    documents = [uuid.uuid4() for _ in range(8)]
+    points = [point for doc_id in documents for point in page_points(doc_id, 100)]
+    with qdrant_batch_server(32 * 2**20) as server:
+        await server_store(server).write_chunks(points, [(doc_id, 100) for doc_id in documents])
+    assert len(server.bodies) == 1
+    assert sum(len(point.payload["text"]) for point in points) > 1_000_000
+
+
+async def test_a_write_in_several_requests_stops_where_its_check_fails() -> None:
+    """The pipeline passes its document locks' check: a write that outlived them sends nothing more."""
+    doc_id = uuid.uuid4()
+    checks: list[int] = []
+
+    def check() -> None:
+        checks.append(len(server.bodies))
+        if len(checks) == 2:
+            raise LockLostError("the document locks were last renewed 31.0s ago (lease 30s); not writing")
+
+    with qdrant_batch_server(512 * 1024) as server:
+        store = server_store(server, max_request_bytes=384 * 1024)
+        with pytest.raises(LockLostError):
+            await store.write_chunks(page_points(doc_id, 120), [(doc_id, 120)], check=check)
+    assert checks == [1, 2]  # before the second request and the third, none before the first
+    assert len(server.bodies) == 2
+    assert all("delete" not in operation for body in server.bodies for operation in body["operations"])
 
 
 async def test_a_deletion_alone_is_one_request() -> None:

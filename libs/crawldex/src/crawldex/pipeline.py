@@ -241,7 +241,7 @@ class IndexingPipeline:
             async with timer.stage("upsert"):
                 lease.check()
                 await self._store.write_chunks(
-                    points, [(record.doc_id, record.chunk_count) for record in records]
+                    points, [(record.doc_id, record.chunk_count) for record in records], check=lease.check
                 )
             async with timer.stage("record"):
                 lease.check()

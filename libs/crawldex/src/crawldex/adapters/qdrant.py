@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sqlite3
 import threading
 import uuid
@@ -43,7 +44,7 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.local.persistence import STORAGE_FILE_NAME, CollectionPersistence
 
 from crawldex.adapters.local_index import AtLeast, Condition, LocalIndex, LocalPoint, Match
-from crawldex.errors import ConfigurationError, DependencyUnavailableError
+from crawldex.errors import ConfigurationError, CrawldexError, DependencyUnavailableError
 from crawldex.keyword import DEFAULT_STEMMER, NO_STEMMER, SparseVector
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ SCROLL_PAGE = 5000
 # A Qdrant server refuses a request body over its service.max_request_size_mb (32 MiB by default, 400 Bad
 # Request); a write whose points may add up to more than this is sent in several requests.
 DEFAULT_MAX_REQUEST_BYTES = 24 * 2**20
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f]")
 
 T = TypeVar("T")
 
@@ -141,10 +143,17 @@ def _check_outside_stale_tails(
 
 
 def _json_bytes_bound(value: Any) -> int:
-    """At least the bytes of ``value`` in any JSON encoding of it: 6 bytes a character (the most an
-    escaped control character takes) and 32 a number, so that the estimate never falls short."""
+    """At least the bytes of ``value`` in the JSON qdrant-client sends (pydantic's: UTF-8, with only quotes,
+    backslashes and control characters escaped): a string's UTF-8 and its quotes, a byte more for each
+    quote or backslash and five more for each control character (escaped in up to six); 32 a number."""
     if isinstance(value, str):
-        return 6 * len(value) + 2
+        return (
+            len(value.encode("utf-8", "surrogatepass"))
+            + 2
+            + value.count('"')
+            + value.count("\\")
+            + 5 * len(_CONTROL_CHARACTER.findall(value))
+        )
     if isinstance(value, dict):
         return 2 + sum(_json_bytes_bound(key) + _json_bytes_bound(item) + 2 for key, item in value.items())
     if isinstance(value, list | tuple):
@@ -161,7 +170,8 @@ def _point_bytes_bound(point: IndexedPoint) -> int:
 
 def _request_slices(points: Sequence[IndexedPoint], max_bytes: int) -> list[Sequence[IndexedPoint]]:
     """``points`` in their order, cut into runs whose bound stays within ``max_bytes`` (a point larger
-    than that alone): one run for any write but a very large page's."""
+    than that alone): one run for a batch of pages up to CRAWLDEX_INDEX_BATCH_MAX_CHARS (~14.5 bytes of
+    points a character of markdown), several for a page of millions of characters."""
     slices: list[Sequence[IndexedPoint]] = []
     start, size = 0, 0
     for position, point in enumerate(points):
@@ -265,7 +275,7 @@ class VectorStore:
             with self._guard():
                 try:
                     return fn()
-                except (ConfigurationError, ValueError):
+                except (CrawldexError, ValueError):
                     raise
                 except Exception as exc:  # qdrant-client raises transport- and API-specific types
                     raise DependencyUnavailableError("vector store", f"{type(exc).__name__}: {exc}") from exc
@@ -460,15 +470,21 @@ class VectorStore:
         await self.write_chunks([], tails)
 
     async def write_chunks(
-        self, points: Sequence[IndexedPoint], stale_tails: Sequence[tuple[uuid.UUID, int]]
+        self,
+        points: Sequence[IndexedPoint],
+        stale_tails: Sequence[tuple[uuid.UUID, int]],
+        *,
+        check: Callable[[], None] | None = None,
     ) -> None:
         """Upsert ``points``, then delete each ``(doc_id, first_stale_chunk)`` document's points from that
         chunk index on (a page re-indexed into fewer chunks), as one write: one request to a Qdrant server
         (a batch update, whose operations apply in order, so a reader never sees a page without its
         chunks), one commit of the embedded store. Points that may add up to more than the store's
         request bound (a page of millions of characters) go to a server in several requests, in order,
-        the deletion in the last: a reader may then see such a page's new chunks beside its old ones for
-        a moment, never the page without chunks.
+        the deletion in the last, ``check`` called before each after the first (the pipeline's document
+        locks: a write that outlived them stops there): a reader may then see such a page's new chunks
+        beside its old ones until the last request, and until a retry if one fails; never the page without
+        chunks.
 
         A point in its own document's stale tail is refused (ValueError), nothing written: the tail's ids
         are looked up before the upsert, so a store would keep such a point on disk that its local index
@@ -489,7 +505,9 @@ class VectorStore:
             selector = self._stale_selector(stale)
             if selector is not None:
                 requests[-1].append(models.DeleteOperation(delete=selector))
-            for operations in requests:
+            for position, operations in enumerate(requests):
+                if position and check is not None:
+                    check()
                 if operations:
                     self._client.batch_update_points(self.collection, update_operations=operations, wait=True)
 
