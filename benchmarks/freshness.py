@@ -39,6 +39,8 @@ from crawldex.models import PageDocument
 
 CHANGE_TOKEN = "bench-change-token"  # noqa: S105
 WORKER_TARGET_MB = 700.0
+# On TEI the worker is held to what the chart requests for it (512 MiB), which was sized from this row.
+TEI_WORKER_TARGET_MB = 512 * 2**20 / 1e6
 
 
 def run(quick: bool = False) -> Report:
@@ -161,19 +163,25 @@ def _worker_memory(quick: bool, report: Report) -> None:
         "points lives in the worker (a deployed worker writes to a Qdrant server), so that row is an upper "
         "bound."
     )
-    for figure, peak, resident in (
-        (f"peak RSS, index-worker under load ({pages} pages)", rss, largest),
-        (f"peak RSS, index-worker under load ({pages} pages; TEI, as deployed)", tei_rss, tei_largest),
+    for figure, peak, resident, limit, target in (
+        (f"peak RSS, index-worker under load ({pages} pages)", rss, largest, WORKER_TARGET_MB, "≤ 700 MB"),
+        (
+            f"peak RSS, index-worker under load ({pages} pages; TEI, as deployed)",
+            tei_rss,
+            tei_largest,
+            TEI_WORKER_TARGET_MB,
+            "≤ 512 MiB (the chart's request)",
+        ),
     ):
         report.rows.append(
             Row(
                 "6 memory",
                 figure,
                 f"{peak:.0f} MB ({resident} at the largest sample)",
-                baseline=f"limit {WORKER_TARGET_MB:.0f} MB",
-                ratio=f"{peak / WORKER_TARGET_MB:.0%}",
-                target="≤ 700 MB",
-                passed=peak <= WORKER_TARGET_MB,
+                baseline=f"limit {limit:.0f} MB",
+                ratio=f"{peak / limit:.0%}",
+                target=target,
+                passed=peak <= limit,
             )
         )
 
