@@ -158,6 +158,17 @@ class Settings(BaseSettings):
     )
 
     # Jobs.
+    redis_memory_refuse_ratio: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description=(
+            "New work (webhooks, /api/index, change notifications, re-queued jobs) is refused with 503 while "
+            "Redis's used memory is above this share of its maxmemory, so that the workers, which need to "
+            "write to take and finish jobs, keep room to drain the queues. No maxmemory: never refused."
+        ),
+    )
+    redis_memory_check_seconds: float = Field(default=5.0, gt=0)
     index_job_timeout_seconds: int = Field(default=600, ge=1)
     index_batch_pages: int = Field(
         default=8,

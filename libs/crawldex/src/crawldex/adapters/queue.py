@@ -31,6 +31,7 @@ from rq.utils import now as rq_now
 
 from crawldex.adapters.rate_limit import GCRA_LUA_FUNCTION, RateCharge, RateLimitedError
 from crawldex.adapters.redis_client import HeldScript, async_client
+from crawldex.adapters.redis_memory import RedisMemoryGauge
 from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE, Settings
 from crawldex.errors import DependencyUnavailableError
 from crawldex.group_commit import GroupCommit
@@ -321,6 +322,12 @@ class JobQueue:
             for name in (QUEUE_INDEXING, QUEUE_RESCRAPE)
         }
         self._shared_fields: dict[tuple[str, str, int, int], str] = {}
+        self._memory = RedisMemoryGauge(
+            connection,
+            async_connection,
+            refuse_ratio=settings.redis_memory_refuse_ratio,
+            interval_seconds=settings.redis_memory_check_seconds,
+        )
         self._enqueue_script = connection.register_script(_ENQUEUE_UNIQUE)
         self._refresh_queued = connection.register_script(_REFRESH_QUEUED)
         # The API's deliveries of pages: those that arrive while one script run is out go in the next.
@@ -381,6 +388,7 @@ class JobQueue:
             return []
         specs = [self._index_spec(page, delivery_id, None) for page in pages]
         with self._enqueue_span(QUEUE_INDEXING, [spec.job_id for spec in specs]):
+            await self._memory.check_async()
             part = self._delivery_part(specs, meta, charge)  # in the span: the jobs carry it as parent
             if self._index_deliveries is not None:
                 answer = await self._index_deliveries.submit(part)
@@ -536,6 +544,7 @@ class JobQueue:
         """Put the job on its queue unless the same job id is pending or done: its id, and whether it was
         (deduplicated)."""
         with self._enqueue_span(spec.queue, [spec.job_id]):
+            self._memory.check()
             return self._enqueue_unique(spec, meta)
 
     @contextmanager

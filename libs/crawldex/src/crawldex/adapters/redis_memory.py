@@ -1,0 +1,117 @@
+"""How full Redis is: new work is refused before Redis reaches its ``maxmemory``.
+
+At its ``maxmemory`` (with the ``noeviction`` policy the queues need) Redis refuses every write that could add
+memory, the transactions in which workers register, take and finish jobs included, so the queues would stall
+instead of draining. Whoever queues work therefore stops while Redis's used memory is above a share of its
+``maxmemory`` (``CRAWLDEX_REDIS_MEMORY_REFUSE_RATIO``), leaving the rest to the workers, whose jobs free memory
+as they finish. ``INFO memory`` is read at most every ``CRAWLDEX_REDIS_MEMORY_CHECK_SECONDS`` per process, when
+an enqueue finds the last reading that old (on an event loop, in the background); a Redis without a
+``maxmemory``, or one that does not answer ``INFO`` (an ACL that denies it, a proxy), is never refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from crawldex.errors import DependencyUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+class RedisFullError(DependencyUnavailableError):
+    """Redis is too near its maxmemory to take more work; retry once the workers have drained some."""
+
+    def __init__(self, used_bytes: int, maxmemory_bytes: int) -> None:
+        super().__init__(
+            "redis",
+            f"{used_bytes / maxmemory_bytes:.0%} of its maxmemory ({maxmemory_bytes} bytes) is used; new work "
+            "is refused until the workers have drained the queues",
+        )
+        self.used_bytes = used_bytes
+        self.maxmemory_bytes = maxmemory_bytes
+
+
+class RedisMemoryGauge:
+    """Redis's used memory against its maxmemory, read now and then; `check` raises `RedisFullError` while
+    it is above ``refuse_ratio`` of it."""
+
+    def __init__(
+        self,
+        connection: redis.Redis,
+        async_connection: aioredis.Redis | None,
+        *,
+        refuse_ratio: float,
+        interval_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._connection = connection
+        self._async_connection = async_connection
+        self._refuse_ratio = refuse_ratio
+        self._interval = interval_seconds
+        self._clock = clock
+        self._next_read = 0.0
+        self._enabled = True
+        self._full: RedisFullError | None = None
+        self._reading: asyncio.Task[None] | None = None  # the read in flight, kept from garbage collection
+
+    def check(self) -> None:
+        """Raise `RedisFullError` if Redis is too full, reading it first on the synchronous connection if
+        the last reading is older than the interval. Redis's own errors propagate."""
+        if self._due():
+            try:
+                self._record(self._connection.info("memory"))
+            except redis.ResponseError as exc:
+                self._disable(exc)
+        if self._full is not None:
+            raise self._full
+
+    async def check_async(self) -> None:
+        """`check` for an event loop: raise `RedisFullError` on the last reading; if it is older than the
+        interval, read Redis again in a task of its own, for the requests that follow. The request that finds
+        the reading old waits for nothing, so requests keep their order and none pays a round trip more."""
+        if self._async_connection is None:
+            await asyncio.to_thread(self.check)
+            return
+        if self._due():
+            self._reading = asyncio.get_running_loop().create_task(self._read_async(self._async_connection))
+        if self._full is not None:
+            raise self._full
+
+    async def _read_async(self, connection: aioredis.Redis) -> None:
+        try:
+            self._record(await connection.info("memory"))
+        except redis.ResponseError as exc:
+            self._disable(exc)
+        except redis.RedisError as exc:  # Redis away: the enqueue that follows reports it
+            log.debug("could not read redis's memory: %s", exc)
+
+    def _due(self) -> bool:
+        # Set before the read: requests that arrive while it is out keep using the last reading.
+        now = self._clock()
+        if not self._enabled or now < self._next_read:
+            return False
+        self._next_read = now + self._interval
+        return True
+
+    def _record(self, info: Mapping[str, Any]) -> None:
+        used, maxmemory = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+        if maxmemory > 0 and used > self._refuse_ratio * maxmemory:
+            if self._full is None:
+                log.warning("redis is %.0f%% full; refusing new work", 100 * used / maxmemory)
+            self._full = RedisFullError(used, maxmemory)
+        else:
+            if self._full is not None:
+                log.warning("redis is %.0f%% full again; taking new work", 100 * used / max(maxmemory, 1))
+            self._full = None
+
+    def _disable(self, exc: redis.ResponseError) -> None:
+        self._enabled = False
+        self._full = None
+        log.warning("redis refused INFO (%s): new work is no longer held back before redis is full", exc)
