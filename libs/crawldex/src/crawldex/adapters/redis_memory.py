@@ -65,10 +65,7 @@ class RedisMemoryGauge:
         """Raise `RedisFullError` if Redis is too full, reading it first on the synchronous connection if
         the last reading is older than the interval. Redis's own errors propagate."""
         if self._due():
-            try:
-                self._record(self._connection.info("memory"))
-            except redis.ResponseError as exc:
-                self._disable(exc)
+            self._read()
         if self._full is not None:
             raise self._full
 
@@ -76,13 +73,21 @@ class RedisMemoryGauge:
         """`check` for an event loop: raise `RedisFullError` on the last reading; if it is older than the
         interval, read Redis again in a task of its own, for the requests that follow. The request that finds
         the reading old waits for nothing, so requests keep their order and none pays a round trip more."""
-        if self._async_connection is None:
-            await asyncio.to_thread(self.check)
-            return
         if self._due():
-            self._reading = asyncio.get_running_loop().create_task(self._read_async(self._async_connection))
+            if self._async_connection is None:
+                await asyncio.to_thread(self._read)
+            else:
+                self._reading = asyncio.get_running_loop().create_task(
+                    self._read_async(self._async_connection)
+                )
         if self._full is not None:
             raise self._full
+
+    def _read(self) -> None:
+        try:
+            self._record(self._connection.info("memory"))
+        except redis.ResponseError as exc:
+            self._disable(exc)
 
     async def _read_async(self, connection: aioredis.Redis) -> None:
         try:
