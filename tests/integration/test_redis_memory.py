@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,16 +22,10 @@ from crawldex.config import QUEUE_INDEXING, Settings
 from crawldex.models import PageDocument
 from crawldex.worker import CrawldexWorker, worker_name
 from ingest_api.app import create_app
+from tests.e2e.conftest import free_port
 from tests.integration.test_api import page_body, post_webhook
 
 MAXMEMORY = 16 * 2**20
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture

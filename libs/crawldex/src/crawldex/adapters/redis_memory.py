@@ -34,8 +34,6 @@ class RedisFullError(DependencyUnavailableError):
             f"{used_bytes / maxmemory_bytes:.0%} of its maxmemory ({maxmemory_bytes} bytes) is used; new work "
             "is refused until the workers have drained the queues",
         )
-        self.used_bytes = used_bytes
-        self.maxmemory_bytes = maxmemory_bytes
 
 
 class RedisMemoryGauge:
