@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import pytest
+from semantic_text_splitter import MarkdownSplitter
+from tokenizers import AddedToken, Tokenizer, pre_tokenizers
+from tokenizers.models import BPE
 
-from crawldex.chunking import Chunker, load_tokenizer, special_token_count
+from crawldex.chunking import Chunker, load_tokenizer, slices_count_as_whole_text, special_token_count
 from crawldex.errors import ConfigurationError
 
 
@@ -61,3 +64,26 @@ def test_refuses_chunk_size_over_model_input(tokenizer) -> None:  # type: ignore
 def test_missing_tokenizer_file_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ConfigurationError, match="tokenizer file not found"):
         load_tokenizer(tmp_path / "nope.json")
+
+
+def test_only_berts_tokenizers_count_slices_from_the_whole_text(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    assert slices_count_as_whole_text(tokenizer)
+
+    byte_level = Tokenizer(BPE())
+    byte_level.pre_tokenizer = pre_tokenizers.ByteLevel()
+    assert not slices_count_as_whole_text(byte_level)
+
+    # An added token that takes the space before it depends on text outside a slice.
+    with_lstrip = Tokenizer.from_str(tokenizer.to_str())
+    with_lstrip.add_special_tokens([AddedToken("<mask>", lstrip=True)])
+    assert not slices_count_as_whole_text(with_lstrip)
+
+
+def test_a_tokenizer_whose_slices_count_alone_chunks_as_the_splitter_does(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    whitespace_bert = Tokenizer.from_str(tokenizer.to_str())
+    whitespace_bert.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    assert not slices_count_as_whole_text(whitespace_bert)
+    chunker = Chunker(whitespace_bert, chunk_tokens=64, overlap_tokens=8, max_input_tokens=256)
+    markdown = _long_markdown(8)
+    library = MarkdownSplitter.from_huggingface_tokenizer(whitespace_bert, 64, overlap=8)
+    assert [c.text for c in chunker.chunk(markdown)] == [piece.strip() for piece in library.chunks(markdown)]

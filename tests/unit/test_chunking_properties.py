@@ -13,9 +13,10 @@ from functools import cache
 
 from hypothesis import example, given
 from hypothesis import strategies as st
+from semantic_text_splitter import MarkdownSplitter
 from tokenizers import Tokenizer
 
-from crawldex.chunking import Chunk, Chunker, load_tokenizer
+from crawldex.chunking import Chunk, Chunker, SliceTokenCounts, load_tokenizer, slices_count_as_whole_text
 
 MAX_INPUT_TOKENS = 256
 
@@ -102,3 +103,45 @@ def test_chunking_is_deterministic(markdown: str, size: tuple[int, int]) -> None
         max_input_tokens=MAX_INPUT_TOKENS,
     )
     assert fresh.chunk(markdown) == first
+
+
+# Text built to cut where the shortcut must not count from the whole text: words joined by characters
+# BERT's normaliser deletes or splits apart (control characters, CJK, combining accents), punctuation,
+# an added token cut in the middle, and words over WordPiece's 100 characters.
+_tricky_words = st.one_of(
+    _words,
+    st.sampled_from(
+        ["[MASK]", "[SEP]", "[MA", "SK]", "\x0b", "\x0c", "\x00", "\u0301", "日本語", "naïve", "a" * 120]
+    ),
+)
+_tricky_text = st.lists(
+    st.tuples(_tricky_words, st.sampled_from(["", " ", "\n", "\n\n", ".", "\x0b", "-", "\t"])), max_size=60
+).map(lambda parts: "".join(word + gap for word, gap in parts))
+
+
+@given(text=_tricky_text, cuts=st.lists(st.integers(min_value=0), min_size=2, max_size=2))
+@example(text="ab[MASK]cd", cuts=[3, 10])
+@example(text="one\x0btwo three", cuts=[4, 13])
+@example(text="e\u0301t\u00e9 done", cuts=[1, 9])
+def test_a_slice_counts_as_many_tokens_as_it_has_alone(text: str, cuts: list[int]) -> None:
+    start, end = sorted(cut % (len(text) + 1) for cut in cuts)
+    counts = SliceTokenCounts(_tokenizer(), text)
+    piece = text[start:end]
+    assert counts.count(piece) == len(_tokenizer().encode(piece, add_special_tokens=False).ids)
+
+
+@given(markdown=st.one_of(markdown_documents, _tricky_text), size=sizes)
+@example(markdown="word " * 300, size=(8, 3))
+def test_chunks_are_those_of_the_tokenizer_as_the_splitters_sizer(
+    markdown: str, size: tuple[int, int]
+) -> None:
+    chunk_tokens, overlap_tokens = size
+    assert slices_count_as_whole_text(_tokenizer())
+    library = MarkdownSplitter.from_huggingface_tokenizer(_tokenizer(), chunk_tokens, overlap=overlap_tokens)
+    expected = [
+        (start + len(piece) - len(piece.lstrip()), piece.strip())
+        for start, piece in library.chunk_indices(markdown)
+        if piece.strip()
+    ]
+    chunks = _chunker(chunk_tokens, overlap_tokens).chunk(markdown)
+    assert [(c.start, c.text) for c in chunks] == expected
