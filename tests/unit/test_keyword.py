@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 
 import pytest
 from hypothesis import given
@@ -19,6 +20,16 @@ def test_tokenize_folds_case_accents_and_drops_stopwords() -> None:
         "queue",
         "length",
     ]
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"])))
+def test_a_text_and_its_accents_written_apart_give_the_same_tokens(text: str) -> None:
+    """Precomposed and decomposed accents fold alike, and an ASCII text folds as it would with accents."""
+    decomposed = unicodedata.normalize("NFD", text)
+    assert tokenize(decomposed, "none") == tokenize(text, "none")
+    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    if stripped.isascii():
+        assert tokenize(stripped, "none") == tokenize(text, "none")
 
 
 def test_tokenize_stems_with_english_snowball_by_default() -> None:

@@ -113,8 +113,11 @@ def _stemmer(name: str) -> Stemmer.Stemmer:
 
 def tokenize(text: str, stemmer: str = DEFAULT_STEMMER) -> list[str]:
     """Lower-cased, accent-folded, stemmed word tokens without stopwords; the analyser of keyword search."""
-    folded = unicodedata.normalize("NFKD", text.lower())
-    folded = "".join(ch for ch in folded if not unicodedata.combining(ch))
+    folded = text.lower()
+    if not folded.isascii():  # ASCII has nothing to decompose or drop
+        folded = unicodedata.normalize("NFKD", folded)
+        # No character below U+0300 combines: most of a page's skip the lookup.
+        folded = "".join(ch for ch in folded if ch < "\u0300" or not unicodedata.combining(ch))
     tokens = [tok for tok in _TOKEN.findall(folded) if tok not in STOPWORDS]
     if stemmer == NO_STEMMER or not tokens:
         return tokens
