@@ -39,6 +39,7 @@ ALERTS = {
     "CrawldexJobFailureRatioHigh",
     "CrawldexTEIErrorsHigh",
     "CrawldexNoWorkers",
+    "CrawldexRedisMemoryHigh",
     "CrawldexTargetDown",
 }
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -51,6 +52,8 @@ QUEUE_GAUGES = (
     "crawldex_jobs_scheduled",
     "crawldex_jobs_failed_registry",
     "crawldex_workers",
+    "crawldex_redis_memory_used_bytes",
+    "crawldex_redis_maxmemory_bytes",
 )
 # A metric name that is not part of a recorded name such as `queue:crawldex_workers:max`.
 METRIC_NAME = re.compile(r"(?<![\w:])crawldex_\w+(?![\w:])")

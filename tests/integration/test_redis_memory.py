@@ -20,6 +20,7 @@ from crawldex.adapters.queue import JobQueue
 from crawldex.adapters.redis_memory import RedisFullError
 from crawldex.config import QUEUE_INDEXING, Settings
 from crawldex.models import PageDocument
+from crawldex.telemetry.queue_metrics import QueueCollector
 from crawldex.worker import CrawldexWorker, worker_name
 from ingest_api.app import create_app
 from tests.e2e.conftest import free_port
@@ -84,6 +85,16 @@ def mark_busy(worker: CrawldexWorker) -> None:
         pipeline.execute()
 
 
+def user_without_info(url: str) -> str:
+    """``url`` as a Redis user that may run every command but INFO (an ACL as some managed Redis set)."""
+    admin = redis.Redis.from_url(url)
+    admin.acl_setuser(
+        "crawldex-no-info", enabled=True, nopass=True, keys=["*"], channels=["*"], commands=["+@all", "-info"]
+    )
+    admin.close()
+    return url.replace("redis://", "redis://crawldex-no-info@")
+
+
 def page(number: int) -> PageDocument:
     return PageDocument(
         url=f"https://full.example/{number}", markdown=f"# Page {number}\n\nWords of page {number}."
@@ -140,19 +151,43 @@ def test_redis_is_read_at_most_once_an_interval(small_redis: str) -> None:
 def test_a_redis_that_refuses_info_is_never_held_back(
     small_redis: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    admin = redis.Redis.from_url(small_redis)
-    admin.acl_setuser(
-        "crawldex-no-info", enabled=True, nopass=True, keys=["*"], channels=["*"], commands=["+@all", "-info"]
-    )
+    url = user_without_info(small_redis)
     fill(small_redis, 0.95)
-    url = small_redis.replace("redis://", "redis://crawldex-no-info@")
     connection = redis.Redis.from_url(url)
     queue = JobQueue(connection, Settings(redis_url=url, redis_memory_check_seconds=0.001))
     queue.enqueue_index(page(0))
-    assert admin.llen(f"rq:queue:{QUEUE_INDEXING}") == 1
+    assert connection.llen(f"rq:queue:{QUEUE_INDEXING}") == 1
     assert "refused INFO" in caplog.text
     connection.close()
-    admin.close()
+
+
+def scraped(connection: redis.Redis) -> dict[str, float]:
+    """The queue collector's series as a scrape of /metrics reads them: name -> value (the indexing queue's)."""
+    return {
+        sample.name: sample.value
+        for family in QueueCollector(connection, [QUEUE_INDEXING]).collect()
+        for sample in family.samples
+    }
+
+
+def test_the_metrics_say_how_full_redis_is(small_redis: str) -> None:
+    connection = redis.Redis.from_url(small_redis)
+    before = scraped(connection)
+    assert before["crawldex_redis_maxmemory_bytes"] == MAXMEMORY
+    assert 0 < before["crawldex_redis_memory_used_bytes"] < 0.5 * MAXMEMORY
+    fill(small_redis, 0.85)
+    # A little less than `fill` read: the query buffer of its last write is freed after it.
+    assert scraped(connection)["crawldex_redis_memory_used_bytes"] >= 0.8 * MAXMEMORY
+    connection.close()
+
+
+def test_a_redis_that_refuses_info_still_reports_its_queues(small_redis: str) -> None:
+    connection = redis.Redis.from_url(user_without_info(small_redis))
+    series = scraped(connection)
+    assert series["crawldex_queue_depth"] == 0
+    assert "crawldex_redis_memory_used_bytes" not in series
+    assert "crawldex_redis_maxmemory_bytes" not in series
+    connection.close()
 
 
 def statuses_until(client: TestClient, wanted: int, url: str) -> list[int]:

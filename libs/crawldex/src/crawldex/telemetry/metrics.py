@@ -166,6 +166,8 @@ RECEIVED_PAGE_RECORDS_FAILED = Counter(
 #   crawldex_jobs_scheduled{queue}                 retries waiting for their time
 #   crawldex_jobs_failed_registry{queue}           jobs in the failed registry (failed for good)
 #   crawldex_workers{queue}                        workers listening on the queue
+#   crawldex_redis_memory_used_bytes               Redis's used_memory (INFO memory; absent if INFO is denied)
+#   crawldex_redis_maxmemory_bytes                 Redis's maxmemory (0: none)
 
 
 # Label values are few (see above), so every series looked up once is kept for good.

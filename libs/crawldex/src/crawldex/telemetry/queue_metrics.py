@@ -1,6 +1,8 @@
-"""Queue state for Prometheus, read from RQ's standard Redis keys when /metrics is scraped.
+"""Queue state for Prometheus, read from RQ's standard Redis keys when /metrics is scraped, and how full
+Redis is (``INFO memory``): the queues are Redis's memory, and near its ``maxmemory`` new work is refused
+(`crawldex.adapters.redis_memory`).
 
-Read-only (LLEN, ZCARD, SCARD, HGET): a scrape never changes a registry, unlike some RQ helpers
+Read-only (LLEN, ZCARD, SCARD, HGET, INFO): a scrape never changes a registry, unlike some RQ helpers
 that clean up as they count.
 """
 
@@ -71,6 +73,7 @@ class QueueCollector(Collector):
             "crawldex_jobs_failed_registry", "Jobs in the failed registry (out of retries).", labels=["queue"]
         )
         workers = GaugeMetricFamily("crawldex_workers", "Workers listening on the queue.", labels=["queue"])
+        memory: list[GaugeMetricFamily] = []
         try:
             now = datetime.now(UTC)
             for queue in self._queues:
@@ -88,6 +91,26 @@ class QueueCollector(Collector):
                 scheduled.add_metric([queue], n_scheduled)
                 failed.add_metric([queue], n_failed)
                 workers.add_metric([queue], n_workers)
+            memory = self._memory()
         except redis.RedisError:
             return  # no queue series while Redis is down: absent data, not a misleading zero
-        yield from (depth, age, running, scheduled, failed, workers)
+        yield from (depth, age, running, scheduled, failed, workers, *memory)
+
+    def _memory(self) -> list[GaugeMetricFamily]:
+        """Redis's used memory and maxmemory; none where Redis refuses INFO (an ACL, a proxy)."""
+        try:
+            info = self._redis.info("memory")
+        except redis.ResponseError:
+            return []
+        return [
+            GaugeMetricFamily(
+                "crawldex_redis_memory_used_bytes",
+                "Memory Redis uses (INFO memory: used_memory).",
+                value=int(info.get("used_memory", 0)),
+            ),
+            GaugeMetricFamily(
+                "crawldex_redis_maxmemory_bytes",
+                "Redis's maxmemory (INFO memory: maxmemory); 0 when it has none.",
+                value=int(info.get("maxmemory", 0)),
+            ),
+        ]
