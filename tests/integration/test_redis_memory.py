@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 from fastapi.testclient import TestClient
 from rq import Queue
 from rq.serializers import JSONSerializer
@@ -17,14 +20,18 @@ from rq.worker import WorkerStatus
 
 from crawldex.adapters.local_model import LocalModelEmbedder
 from crawldex.adapters.queue import JobQueue
-from crawldex.adapters.redis_memory import RedisFullError
-from crawldex.config import QUEUE_INDEXING, Settings
+from crawldex.adapters.redis_memory import RedisFullError, RedisMemoryGauge
+from crawldex.changes import open_change
+from crawldex.config import QUEUE_INDEXING, QUEUE_RESCRAPE, Settings
+from crawldex.jobs import JobLoop, WorkerRuntime, install_runtime
 from crawldex.models import PageDocument
+from crawldex.services import RescrapeServices
 from crawldex.telemetry.queue_metrics import QueueCollector
 from crawldex.worker import CrawldexWorker, worker_name
 from ingest_api.app import create_app
 from tests.e2e.conftest import free_port
 from tests.integration.test_api import page_body, post_webhook
+from tests.pages import serve_pages
 
 MAXMEMORY = 16 * 2**20
 
@@ -161,6 +168,77 @@ def test_a_redis_that_refuses_info_is_never_held_back(
     connection.close()
 
 
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_the_api_never_refuses_on_an_old_reading_nor_accepts_on_none(small_redis: str) -> None:
+    connection = redis.Redis.from_url(small_redis)
+    async_connection = aioredis.Redis.from_url(small_redis)
+    clock = Clock()
+    gauge = RedisMemoryGauge(connection, async_connection, refuse_ratio=0.9, interval_seconds=5, clock=clock)
+    fill(small_redis, 0.95)
+    with pytest.raises(RedisFullError):  # the first request waits for the first reading
+        await gauge.check_async()
+    drain(small_redis)
+    clock.now += 3600  # an hour without a request: the next one reads before it decides
+    await gauge.check_async()
+    fill(small_redis, 0.95)
+    clock.now += 5
+    await gauge.check_async()  # room when it came: let in, and Redis read in the background for the next
+    await asyncio.sleep(0.2)
+    with pytest.raises(RedisFullError):
+        await gauge.check_async()
+    await async_connection.aclose()
+    connection.close()
+
+
+def test_each_refusal_raises_an_error_of_its_own(small_redis: str) -> None:
+    """One error raised again and again would grow a traceback that keeps every refused request's frames."""
+    connection = redis.Redis.from_url(small_redis)
+    gauge = RedisMemoryGauge(connection, None, refuse_ratio=0.9, interval_seconds=3600)
+    fill(small_redis, 0.95)
+    refused = []
+    for _ in range(2):
+        with pytest.raises(RedisFullError) as caught:
+            gauge.check()
+        refused.append(caught.value)
+    assert refused[0] is not refused[1]
+    connection.close()
+
+
+def test_a_busy_redis_keeps_the_check(small_redis: str) -> None:
+    """INFO refused for a moment (BUSY: a long script; MASTERDOWN, TRYAGAIN in a failover) is read again at
+    the next interval; only a Redis that may not run INFO at all is no longer checked."""
+    connection = redis.Redis.from_url(small_redis)
+    connection.config_set("busy-reply-threshold", 100)
+    clock = Clock()
+    gauge = RedisMemoryGauge(connection, None, refuse_ratio=0.9, interval_seconds=5, clock=clock)
+    gauge.check()
+    fill(small_redis, 0.95)
+    busy = threading.Thread(
+        target=redis.Redis.from_url(small_redis).eval,
+        args=("local t = redis.call('TIME')[1] while redis.call('TIME')[1] - t < 2 do end", 0),
+    )
+    busy.start()
+    time.sleep(0.5)
+    clock.now += 5
+    with pytest.raises(redis.ResponseError, match="BUSY"):
+        connection.ping()
+    gauge.check()  # BUSY: the last reading (room) stands
+    busy.join()
+    clock.now += 5
+    with pytest.raises(RedisFullError):
+        gauge.check()
+    connection.close()
+
+
 def scraped(connection: redis.Redis) -> dict[str, float]:
     """The queue collector's series as a scrape of /metrics reads them: name -> value (the indexing queue's)."""
     return {
@@ -187,6 +265,75 @@ def test_a_redis_that_refuses_info_still_reports_its_queues(small_redis: str) ->
     assert series["crawldex_queue_depth"] == 0
     assert "crawldex_redis_memory_used_bytes" not in series
     assert "crawldex_redis_maxmemory_bytes" not in series
+    connection.close()
+
+
+@pytest.mark.parametrize("gone", [False, True], ids=["changed", "gone"])
+def test_a_rescrape_hands_its_page_on_while_redis_is_nearly_full(
+    small_redis: str, settings: Settings, gone: bool
+) -> None:
+    """A change accepted while Redis had room is fetched and handed to the indexing queue (or its removal)
+    however full Redis is meanwhile: refused, the fetched page would be lost, and the event would fail."""
+    configured = settings.model_copy(
+        update={
+            "redis_url": small_redis,
+            "redis_memory_check_seconds": 0.001,
+            "fetch_allowed_hosts": ["127.0.0.1"],
+            "rescrape_job_retries": 0,
+        }
+    )
+    loop = JobLoop()
+    runtime = WorkerRuntime(loop, rescrape=loop.run(RescrapeServices.start(configured)))
+    install_runtime(runtime)
+    connection = redis.Redis.from_url(small_redis)
+    try:
+        with serve_pages() as site:
+            url = site.base_url + "/kettle"
+            if not gone:
+                site.set("/kettle", site.html("Kettle", "<p>The copper kettle whistles.</p>"))
+            services = runtime.rescrape
+            opened = loop.run(
+                open_change(
+                    services.change_events,
+                    services.queue,
+                    source="changedetection",
+                    url=url,
+                    canonical_url=url,
+                    watch_uuid=None,
+                    detected_at=None,
+                    removed=False,
+                )
+            )
+            fill(small_redis, 0.95)
+            time.sleep(0.01)
+            with pytest.raises(RedisFullError):  # new work is refused...
+                services.queue.enqueue_index(page(0))
+            rescrape = Queue(QUEUE_RESCRAPE, connection=connection, serializer=JSONSerializer)
+            worker = CrawldexWorker([rescrape], connection=connection, name=worker_name("full"))
+            worker.work(burst=True, with_scheduler=False)
+            # ...but the rescrape's page goes on to be indexed (or removed).
+            event = loop.run(services.change_events.get(opened.event.id))
+            assert event is not None
+            assert (event.status, event.error) == ("indexing", None)
+            assert connection.llen(f"rq:queue:{QUEUE_INDEXING}") == 1
+    finally:
+        install_runtime(None)
+        runtime.close()
+        connection.close()
+
+
+def test_sweeps_and_reconciliations_are_queued_while_redis_is_nearly_full(small_redis: str) -> None:
+    """They carry no page, and finish what was accepted: a change event's lost rescrape, a crawl's check for
+    the pages whose webhooks were refused. A new change's rescrape is refused."""
+    connection = redis.Redis.from_url(small_redis)
+    queue = JobQueue(connection, Settings(redis_url=small_redis, redis_memory_check_seconds=0.001))
+    fill(small_redis, 0.95)
+    time.sleep(0.01)
+    queue.rerun_rescrape(1, "https://full.example/lost")
+    queue.enqueue_reconcile("crawl-1", "crawl")
+    with pytest.raises(RedisFullError):
+        queue.enqueue_rescrape(2, "https://full.example/new")
+    assert connection.llen(f"rq:queue:{QUEUE_RESCRAPE}") == 2
     connection.close()
 
 

@@ -163,9 +163,10 @@ class Settings(BaseSettings):
         gt=0,
         le=1,
         description=(
-            "New work (webhooks, /api/index, change notifications, re-queued jobs) is refused with 503 while "
-            "Redis's used memory is above this share of its maxmemory, so that the workers, which need to "
-            "write to take and finish jobs, keep room to drain the queues. No maxmemory: never refused."
+            "New work from outside (webhooks, /api/index, change notifications, imports, reconciled pages) is "
+            "refused with 503 while Redis's used memory is above this share of its maxmemory, so that the "
+            "workers, which need to write to take and finish jobs (and hand re-scraped pages on), keep room to "
+            "drain the queues. No maxmemory: never refused."
         ),
     )
     redis_memory_check_seconds: float = Field(default=5.0, gt=0)

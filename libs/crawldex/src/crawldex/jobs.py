@@ -433,7 +433,8 @@ def rescrape_page(change_event_id: int) -> dict[str, Any]:
         if page.gone:
             job_id = removal_job_id(change_event_id)
             await services.change_events.start_indexing(change_event_id, job_id)
-            removal = partial(queue.enqueue_removal, received_at=fetch_started)
+            # Handed on however full Redis is: refused, the fetched page would be lost with the event.
+            removal = partial(queue.enqueue_removal, received_at=fetch_started, refuse_when_full=False)
             await asyncio.to_thread(removal, event.url, change_event_id)
             return {
                 "change_event_id": change_event_id,
@@ -453,7 +454,8 @@ def rescrape_page(change_event_id: int) -> dict[str, Any]:
         # Recorded before the job is queued: the index job may finish (and close the event) at once.
         job_id = index_job_id(document, change_delivery_id(change_event_id))
         await services.change_events.start_indexing(change_event_id, job_id)
-        await asyncio.to_thread(queue.enqueue_index, document, change_event_id=change_event_id)
+        hand_on = partial(queue.enqueue_index, change_event_id=change_event_id, refuse_when_full=False)
+        await asyncio.to_thread(hand_on, document)
         return {"change_event_id": change_event_id, "status": "fetched", "url": page.url, "job_id": job_id}
 
     with _instrumented_job(QUEUE_RESCRAPE, settings.rescrape_job_retries, services.operations, None, None):

@@ -358,13 +358,16 @@ class JobQueue:
         delivery_id: str | None = None,
         change_event_id: int | None = None,
         meta: dict[str, Any] | None = None,
+        refuse_when_full: bool = True,
     ) -> EnqueuedJob:
         """Queue ``page``; a repeated ``delivery_id`` for the same page returns the existing job.
 
-        With ``change_event_id`` the index worker closes that change event when it is done.
+        With ``change_event_id`` the index worker closes that change event when it is done. Refused with
+        `RedisFullError` while Redis is nearly full, unless ``refuse_when_full`` is False: for a job that
+        finishes work already taken (a re-scrape hands its page on), which refusing would lose.
         """
         spec = self._index_spec(page, delivery_id, change_event_id)
-        job_id, deduplicated = self._enqueue(spec, meta)
+        job_id, deduplicated = self._enqueue(spec, meta, refuse_when_full=refuse_when_full)
         return EnqueuedJob(job_id=job_id, url=page.url, deduplicated=deduplicated)
 
     async def enqueue_pages(
@@ -463,11 +466,17 @@ class JobQueue:
         )
 
     def enqueue_removal(
-        self, url: str, change_event_id: int | None, *, received_at: datetime | None = None
+        self,
+        url: str,
+        change_event_id: int | None,
+        *,
+        received_at: datetime | None = None,
+        refuse_when_full: bool = True,
     ) -> EnqueuedJob:
         """Queue the removal of a gone page's chunks (the index worker owns the vector store).
 
         ``received_at`` is when the page was seen gone: content indexed after that is newer and stays.
+        ``refuse_when_full`` as for `enqueue_index`.
         """
         settings = self._settings
         job_id = (
@@ -484,9 +493,13 @@ class JobQueue:
             list(settings.index_job_retry_intervals),
             f"remove {url}",
         )
-        return EnqueuedJob(job_id=job_id, url=url, deduplicated=self._enqueue(spec, None)[1])
+        deduplicated = self._enqueue(spec, None, refuse_when_full=refuse_when_full)[1]
+        return EnqueuedJob(job_id=job_id, url=url, deduplicated=deduplicated)
 
-    def enqueue_rescrape(self, change_event_id: int, url: str) -> EnqueuedJob:
+    def enqueue_rescrape(
+        self, change_event_id: int, url: str, *, refuse_when_full: bool = True
+    ) -> EnqueuedJob:
+        """Queue a change event's rescrape; ``refuse_when_full`` as for `enqueue_index`."""
         settings = self._settings
         job_id = rescrape_job_id(change_event_id)
         spec = _JobSpec(
@@ -499,24 +512,29 @@ class JobQueue:
             list(settings.rescrape_job_retry_intervals),
             f"rescrape {url}",
         )
-        return EnqueuedJob(job_id=job_id, url=url, deduplicated=self._enqueue(spec, None)[1])
+        deduplicated = self._enqueue(spec, None, refuse_when_full=refuse_when_full)[1]
+        return EnqueuedJob(job_id=job_id, url=url, deduplicated=deduplicated)
 
     def rerun_rescrape(self, change_event_id: int, url: str) -> EnqueuedJob:
-        """Queue a change event's rescrape again although its job ran (or vanished): its work was lost."""
+        """Queue a change event's rescrape again although its job ran (or vanished): its work was lost. Never
+        refused for a nearly full Redis: the event was accepted, and the sweep that calls this would fail it."""
         try:
             existing = self._fetch(rescrape_job_id(change_event_id))
             if existing is not None and existing.get_status(refresh=False) not in _PENDING:
                 existing.delete(remove_from_queue=True)
         except redis.RedisError as exc:
             raise DependencyUnavailableError("redis", f"{type(exc).__name__}: {exc}") from exc
-        return self.enqueue_rescrape(change_event_id, url)
+        return self.enqueue_rescrape(change_event_id, url, refuse_when_full=False)
 
     def enqueue_reconcile(
         self, crawl_id: str, kind: str, *, delay_seconds: int = 0, rerun: bool = False
     ) -> EnqueuedJob:
         """Queue the reconciliation of a Firecrawl crawl (``kind`` crawl or batch_scrape) on the rescrape
         queue, after ``delay_seconds``. While one is pending (or finished, within the result TTL) the same
-        job is returned; ``rerun`` (an operator's request) replaces a finished or failed one instead."""
+        job is returned; ``rerun`` (an operator's request) replaces a finished or failed one instead.
+
+        Never refused for a nearly full Redis: the job carries no page, and reconciliation is how the pages
+        refused meanwhile come back (the pages it recovers are new work, and are refused while it lasts)."""
         settings = self._settings
         job_id = reconcile_job_id(crawl_id, kind)
         if rerun:
@@ -538,13 +556,17 @@ class JobQueue:
             delay_seconds,
         )
         meta = {"crawl_id": crawl_id, "kind": kind}
-        return EnqueuedJob(job_id=job_id, url=crawl_id, deduplicated=self._enqueue(spec, meta)[1])
+        deduplicated = self._enqueue(spec, meta, refuse_when_full=False)[1]
+        return EnqueuedJob(job_id=job_id, url=crawl_id, deduplicated=deduplicated)
 
-    def _enqueue(self, spec: _JobSpec, meta: dict[str, Any] | None) -> tuple[str, bool]:
+    def _enqueue(
+        self, spec: _JobSpec, meta: dict[str, Any] | None, *, refuse_when_full: bool
+    ) -> tuple[str, bool]:
         """Put the job on its queue unless the same job id is pending or done: its id, and whether it was
-        (deduplicated)."""
+        (deduplicated). With ``refuse_when_full``, not while Redis is nearly full (`RedisFullError`)."""
         with self._enqueue_span(spec.queue, [spec.job_id]):
-            self._memory.check()
+            if refuse_when_full:
+                self._memory.check()
             return self._enqueue_unique(spec, meta)
 
     @contextmanager
