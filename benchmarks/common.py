@@ -23,6 +23,7 @@ import asyncpg
 from crawldex.adapters.embedder import Embedder, EmbedderInfo, Vector
 from crawldex.adapters.local_model import BUNDLED_MODEL_ID, LocalModelEmbedder
 from crawldex.config import QUEUE_INDEXING, Settings
+from crawldex.heap import freeze_startup_objects
 from crawldex.jobs import JobLoop, WorkerRuntime, install_runtime
 from crawldex.services import Services
 from crawldex.worker import CrawldexWorker, worker_name
@@ -148,6 +149,7 @@ def worker_runtime(
         settings = bench_settings(data_dir, database_url, **overrides)
         runtime = WorkerRuntime(loop, index=loop.run(Services.start(settings, embedder=embedder)))
         install_runtime(runtime)
+        freeze_startup_objects()  # as `run_worker` does before its first job
         try:
             yield runtime, settings
         finally:
