@@ -155,6 +155,18 @@ def test_redis_is_read_at_most_once_an_interval(small_redis: str) -> None:
     connection.close()
 
 
+def test_a_redis_without_a_maxmemory_is_named_once(
+    clean_redis: redis.Redis, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The shared test Redis has none, as a Redis deployed without one: nothing to refuse by, said once."""
+    assert clean_redis.config_get("maxmemory")["maxmemory"] == "0"
+    queue = JobQueue(clean_redis, Settings(redis_url=redis_url, redis_memory_check_seconds=0.001))
+    for number in range(3):
+        queue.enqueue_index(page(number))
+        time.sleep(0.01)
+    assert caplog.text.count("redis has no maxmemory") == 1
+
+
 def test_a_redis_that_refuses_info_is_never_held_back(
     small_redis: str, caplog: pytest.LogCaptureFixture
 ) -> None:

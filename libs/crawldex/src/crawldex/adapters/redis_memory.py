@@ -63,6 +63,7 @@ class RedisMemoryGauge:
         self._next_read = 0.0
         self._enabled = True
         self._read_once = False
+        self._warned_unbounded = False
         # (used, maxmemory) of a reading above the ratio, else None. Each refusal raises an error of its own:
         # one raised again and again would keep every refused request's frames, and its pages, alive.
         self._full: tuple[int, int] | None = None
@@ -121,6 +122,12 @@ class RedisMemoryGauge:
     def _record(self, info: Mapping[str, Any]) -> None:
         self._read_once = True
         used, maxmemory = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+        if maxmemory == 0 and not self._warned_unbounded:
+            self._warned_unbounded = True
+            log.warning(
+                "redis has no maxmemory: new work is not refused before it is full, and a backlog can grow "
+                "until its memory limit kills it with the queues; give it one (docs/deployment.md)"
+            )
         if maxmemory > 0 and used > self._refuse_ratio * maxmemory:
             if self._full is None:
                 log.warning("redis is %.0f%% full; refusing new work", 100 * used / maxmemory)
