@@ -38,6 +38,11 @@ class RedisFullError(DependencyUnavailableError):
         )
 
 
+def memory_usage(info: Mapping[str, Any]) -> tuple[int, int]:
+    """Redis's used memory and its maxmemory (0: none), in bytes, from an ``INFO memory`` answer."""
+    return int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+
+
 class RedisMemoryGauge:
     """Redis's used memory against its maxmemory, read now and then; `check` raises `RedisFullError` while
     it is above ``refuse_ratio`` of it."""
@@ -121,7 +126,7 @@ class RedisMemoryGauge:
 
     def _record(self, info: Mapping[str, Any]) -> None:
         self._read_once = True
-        used, maxmemory = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+        used, maxmemory = memory_usage(info)
         if maxmemory == 0 and not self._warned_unbounded:
             self._warned_unbounded = True
             log.warning(

@@ -15,6 +15,8 @@ import redis
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from crawldex.adapters.redis_memory import memory_usage
+
 QUEUE_KEY = "rq:queue:{}"
 STARTED_KEY = "rq:wip:{}"
 SCHEDULED_KEY = "rq:scheduled:{}"
@@ -99,18 +101,18 @@ class QueueCollector(Collector):
     def _memory(self) -> list[GaugeMetricFamily]:
         """Redis's used memory and maxmemory; none where Redis refuses INFO (an ACL, a proxy)."""
         try:
-            info = self._redis.info("memory")
+            used, maxmemory = memory_usage(self._redis.info("memory"))
         except redis.ResponseError:
             return []
         return [
             GaugeMetricFamily(
                 "crawldex_redis_memory_used_bytes",
                 "Memory Redis uses (INFO memory: used_memory).",
-                value=int(info.get("used_memory", 0)),
+                value=used,
             ),
             GaugeMetricFamily(
                 "crawldex_redis_maxmemory_bytes",
                 "Redis's maxmemory (INFO memory: maxmemory); 0 when it has none.",
-                value=int(info.get("maxmemory", 0)),
+                value=maxmemory,
             ),
         ]
